@@ -1,0 +1,224 @@
+#include "checkpoint/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/crc.hpp>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+namespace atelier::checkpoint {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kLatest = "LATEST";
+constexpr const char* kStepPrefix = "step-";
+constexpr const char* kStagingPrefix = ".staging-";
+
+std::string errno_text() { return std::strerror(errno); }
+
+// fsync a file or directory: rename is only durable once the data and the
+// directory entry both reached the disk.
+void sync_path(const fs::path& path, bool directory) {
+  int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) throw CheckpointError("cannot open '" + path.string() + "' to sync: " + errno_text());
+  const int rc = ::fsync(fd);
+  const std::string err = rc != 0 ? errno_text() : "";
+  ::close(fd);
+  if (rc != 0) throw CheckpointError("fsync of '" + path.string() + "' failed: " + err);
+}
+
+void write_file_synced(const fs::path& path, const std::string& bytes) {
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) throw CheckpointError("cannot write '" + path.string() + "'");
+  }
+  sync_path(path, false);
+}
+
+std::string utc_now() {
+  const auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+nlohmann::json to_json(const Manifest& m) {
+  nlohmann::json files = nlohmann::json::array();
+  for (const auto& f : m.files) files.push_back({{"name", f.name}, {"size", f.size}, {"crc32c", f.crc32c}});
+  return {{"format_version", m.format_version}, {"atelier_version", m.atelier_version},
+          {"step", m.step}, {"epoch", m.epoch}, {"world_size", m.world_size},
+          {"config_hash", m.config_hash}, {"created", m.created}, {"files", files}};
+}
+
+// step-<N> -> N, or -1 for any other name.
+int64_t step_of(const fs::path& dir) {
+  const auto name = dir.filename().string();
+  if (name.rfind(kStepPrefix, 0) != 0) return -1;
+  const auto digits = name.substr(std::strlen(kStepPrefix));
+  if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) return -1;
+  return std::stoll(digits);
+}
+
+// Complete checkpoint directories, newest step first.
+std::vector<fs::path> checkpoints_newest_first(const fs::path& dir) {
+  std::vector<fs::path> out;
+  if (!fs::is_directory(dir)) return out;
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.is_directory() && step_of(entry.path()) >= 0) out.push_back(entry.path());
+  std::sort(out.begin(), out.end(), [](const fs::path& a, const fs::path& b) { return step_of(a) > step_of(b); });
+  return out;
+}
+
+std::vector<FileEntry> describe_files(const fs::path& staging) {
+  std::vector<FileEntry> files;
+  for (const auto& entry : fs::recursive_directory_iterator(staging)) {
+    if (!entry.is_regular_file()) continue;
+    sync_path(entry.path(), false);
+    files.push_back({fs::relative(entry.path(), staging).generic_string(), fs::file_size(entry.path()),
+                     file_crc32c(entry.path())});
+  }
+  std::sort(files.begin(), files.end(), [](const FileEntry& a, const FileEntry& b) { return a.name < b.name; });
+  return files;
+}
+
+void point_latest_to(const fs::path& checkpoints_dir, const fs::path& target) {
+  const auto tmp = checkpoints_dir / (std::string(kLatest) + ".tmp");
+  write_file_synced(tmp, target.filename().string() + "\n");
+  fs::rename(tmp, checkpoints_dir / kLatest);
+  sync_path(checkpoints_dir, true);
+}
+
+}  // namespace
+
+std::string atelier_version() { return "0.1.0"; }
+
+uint32_t file_crc32c(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw CheckpointError("cannot read '" + path.string() + "'");
+  boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    crc.process_bytes(buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  return crc.checksum();
+}
+
+fs::path save(const fs::path& checkpoints_dir, const CheckpointInfo& info,
+              const std::function<void(const fs::path&)>& write_files) {
+  fs::create_directories(checkpoints_dir);
+  const auto name = kStepPrefix + std::to_string(info.step);
+  const auto staging = checkpoints_dir / (kStagingPrefix + name);
+  const auto final_dir = checkpoints_dir / name;
+  try {
+    fs::remove_all(staging);
+    fs::create_directories(staging);
+    write_files(staging);
+    Manifest manifest{1, atelier_version(), info.step, info.epoch, info.world_size, info.config_hash, utc_now(),
+                      describe_files(staging)};
+    write_file_synced(staging / kManifest, to_json(manifest).dump(2) + "\n");
+    sync_path(staging, true);
+    // A checkpoint of the same step (a repeated save) is replaced whole.
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);
+    fs::rename(staging, final_dir);
+    sync_path(checkpoints_dir, true);
+    point_latest_to(checkpoints_dir, final_dir);
+  } catch (const fs::filesystem_error& e) {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    throw CheckpointError("checkpoint " + final_dir.string() + " failed: " + e.what());
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    throw;
+  }
+  return final_dir;
+}
+
+Manifest read_manifest(const fs::path& checkpoint_dir) {
+  const auto path = checkpoint_dir / kManifest;
+  std::ifstream in(path);
+  if (!in) throw CheckpointError("checkpoint '" + checkpoint_dir.string() + "' has no manifest.json");
+  try {
+    const auto j = nlohmann::json::parse(in);
+    Manifest m;
+    j.at("format_version").get_to(m.format_version);
+    j.at("atelier_version").get_to(m.atelier_version);
+    j.at("step").get_to(m.step);
+    j.at("epoch").get_to(m.epoch);
+    j.at("world_size").get_to(m.world_size);
+    j.at("config_hash").get_to(m.config_hash);
+    j.at("created").get_to(m.created);
+    for (const auto& f : j.at("files"))
+      m.files.push_back({f.at("name").get<std::string>(), f.at("size").get<uint64_t>(), f.at("crc32c").get<uint32_t>()});
+    if (m.format_version != 1)
+      throw CheckpointError("'" + path.string() + "' has format_version " + std::to_string(m.format_version) +
+                            "; this atelier reads version 1");
+    return m;
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError("'" + path.string() + "' is not a valid manifest: " + e.what());
+  }
+}
+
+void verify(const fs::path& checkpoint_dir) {
+  const auto manifest = read_manifest(checkpoint_dir);
+  for (const auto& f : manifest.files) {
+    const auto path = checkpoint_dir / f.name;
+    if (!fs::is_regular_file(path)) throw CheckpointError("checkpoint file '" + path.string() + "' is missing");
+    const auto size = fs::file_size(path);
+    if (size != f.size)
+      throw CheckpointError("checkpoint file '" + path.string() + "' has " + std::to_string(size) +
+                            " bytes; the manifest says " + std::to_string(f.size));
+    if (file_crc32c(path) != f.crc32c)
+      throw CheckpointError("checkpoint file '" + path.string() + "' fails its CRC-32C check");
+  }
+}
+
+std::optional<fs::path> latest(const fs::path& checkpoints_dir) {
+  std::vector<fs::path> candidates;
+  std::ifstream latest_file(checkpoints_dir / kLatest);
+  std::string named;
+  if (latest_file >> named && step_of(named) >= 0 && fs::is_directory(checkpoints_dir / named))
+    candidates.push_back(checkpoints_dir / named);
+  for (const auto& dir : checkpoints_newest_first(checkpoints_dir))
+    if (candidates.empty() || dir != candidates.front()) candidates.push_back(dir);
+  for (const auto& dir : candidates) {
+    try {
+      verify(dir);
+      return dir;
+    } catch (const CheckpointError& e) {
+      spdlog::warn("skipping checkpoint {}: {}", dir.string(), e.what());
+    }
+  }
+  return std::nullopt;
+}
+
+void retain(const fs::path& checkpoints_dir, int64_t keep) {
+  if (!fs::is_directory(checkpoints_dir)) return;
+  std::string named;
+  std::ifstream(checkpoints_dir / kLatest) >> named;
+  int64_t kept = 0;
+  for (const auto& dir : checkpoints_newest_first(checkpoints_dir)) {
+    if (dir.filename() == named || kept < keep) {
+      ++kept;
+      continue;
+    }
+    fs::remove_all(dir);
+  }
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir))
+    if (entry.path().filename().string().rfind(kStagingPrefix, 0) == 0) fs::remove_all(entry.path());
+}
+
+}  // namespace atelier::checkpoint

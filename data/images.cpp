@@ -1,0 +1,280 @@
+// Listing, decoding and augmenting single images (see data.h).
+#include "data/data.h"
+#include "data/pixels.h"
+#include "data/seeding.h"
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <system_error>
+
+namespace atelier::data {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kImageExtensions = ".jpg .jpeg .png .bmp";
+
+// Largest side an output may have: keeps sizes within OpenCV's int and away
+// from absurd allocations.
+constexpr int64_t kMaxSide = 1 << 16;
+
+bool has_image_extension(const fs::path& path) {
+  std::string ext = path.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp";
+}
+
+// Appends every image below `folder`. Directory symlinks are not followed:
+// libstdc++ does not detect symlink cycles, and one would never terminate.
+void add_folder(const fs::path& folder, std::vector<std::string>& images) {
+  std::error_code error;
+  fs::recursive_directory_iterator it(folder, fs::directory_options::skip_permission_denied, error);
+  for (; !error && it != fs::recursive_directory_iterator(); it.increment(error)) {
+    std::error_code ignored;  // a dangling symlink is simply not an image
+    if (it->is_regular_file(ignored) && has_image_extension(it->path())) {
+      images.push_back(it->path().lexically_normal().string());
+    }
+  }
+  if (error) {
+    throw DataError("cannot list image folder '" + folder.string() + "': " + error.message());
+  }
+}
+
+bool read_file(const std::string& path, std::vector<uchar>& bytes, std::string& why) {
+  std::error_code error;
+  if (!fs::is_regular_file(path, error)) {
+    why = fs::exists(path, error) ? "not a regular file" : "no such file";
+    return false;
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    why = "cannot open file";
+    return false;
+  }
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  in.seekg(0, std::ios::beg);
+  bytes.resize(static_cast<size_t>(std::max<std::streamoff>(size, 0)));
+  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  if (!in) {
+    why = "read error";
+    return false;
+  }
+  if (bytes.empty()) {
+    why = "empty file";
+    return false;
+  }
+  return true;
+}
+
+bool looks_like_jpeg(const std::vector<uchar>& bytes) {
+  return bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF;
+}
+
+// A JPEG cut short still "decodes": libjpeg only warns on stderr and fills
+// the missing rows with grey, so OpenCV returns a plausible image that would
+// silently poison training. A complete file has an end-of-image marker
+// (FF D9) after its last start-of-scan marker (FF DA). Inside entropy-coded
+// data FF is always followed by 00 or a restart marker, so neither marker
+// appears there by accident; trailing bytes after the EOI stay allowed.
+bool jpeg_is_complete(const std::vector<uchar>& bytes) {
+  size_t last_scan = bytes.size();
+  for (size_t i = 0; i + 1 < bytes.size(); ++i) {
+    if (bytes[i] == 0xFF && bytes[i + 1] == 0xDA) last_scan = i;
+  }
+  if (last_scan == bytes.size()) return false;
+  for (size_t i = last_scan + 2; i + 1 < bytes.size(); ++i) {
+    if (bytes[i] == 0xFF && bytes[i + 1] == 0xD9) return true;
+  }
+  return false;
+}
+
+void check_rgb_image(const cv::Mat& rgb) {
+  if (rgb.empty() || rgb.type() != CV_8UC3) {
+    throw DataError("expected a non-empty 8-bit RGB image");
+  }
+}
+
+detail::Crop random_crop(cv::Size image, const AugmentOptions& options, uint64_t seed) {
+  std::mt19937_64 generator(detail::splitmix64(seed));
+  detail::Crop crop;
+  crop.size = static_cast<int>(options.crop_size);
+  crop.y = static_cast<int>(detail::uniform_below(generator, image.height - crop.size + 1));
+  crop.x = static_cast<int>(detail::uniform_below(generator, image.width - crop.size + 1));
+  // Drawn even when flipping is off, so turning it off keeps the crops.
+  const bool heads = (generator() >> 63) != 0;
+  crop.flip = options.flip && heads;
+  return crop;
+}
+
+// Writes the crop as planar float RGB in [-1, 1] (x / 127.5 - 1, exact at
+// 0 and 255), mirroring on the way when asked.
+void write_normalized_chw(const cv::Mat& rgb, const detail::Crop& crop, float* out) {
+  static const std::array<float, 256> kUnit = [] {
+    std::array<float, 256> table{};
+    for (int v = 0; v < 256; ++v) table[static_cast<size_t>(v)] = static_cast<float>(v) / 127.5f - 1.0f;
+    return table;
+  }();
+  const int s = crop.size;
+  const size_t plane = static_cast<size_t>(s) * static_cast<size_t>(s);
+  for (int y = 0; y < s; ++y) {
+    const uchar* row = rgb.ptr<uchar>(crop.y + y);
+    float* r = out + static_cast<size_t>(y) * static_cast<size_t>(s);
+    for (int x = 0; x < s; ++x) {
+      const uchar* pixel = row + 3 * (crop.x + (crop.flip ? s - 1 - x : x));
+      r[x] = kUnit[pixel[0]];
+      r[plane + static_cast<size_t>(x)] = kUnit[pixel[1]];
+      r[2 * plane + static_cast<size_t>(x)] = kUnit[pixel[2]];
+    }
+  }
+}
+
+}  // namespace
+
+namespace detail {
+
+cv::Mat read_rgb(const std::string& path, std::string& why) {
+  std::vector<uchar> bytes;
+  if (!read_file(path, bytes, why)) return {};
+  if (looks_like_jpeg(bytes) && !jpeg_is_complete(bytes)) {
+    why = "truncated JPEG (no end-of-image marker after the last scan)";
+    return {};
+  }
+  cv::Mat image;
+  try {
+    image = cv::imdecode(bytes, cv::IMREAD_COLOR);
+  } catch (const cv::Exception& e) {
+    why = e.err;
+    return {};
+  }
+  if (image.empty()) {
+    why = std::string("not a decodable image (") + kImageExtensions + ")";
+    return {};
+  }
+  cv::cvtColor(image, image, cv::COLOR_BGR2RGB);
+  return image;
+}
+
+cv::Mat resize_shorter_side(const cv::Mat& rgb, int64_t size) {
+  const int shorter = std::min(rgb.rows, rgb.cols);
+  if (shorter == size) return rgb;
+  const double scale = static_cast<double>(size) / shorter;
+  const auto scaled = [&](int side) {
+    return static_cast<int>(std::max<int64_t>(size, std::llround(side * scale)));
+  };
+  cv::Mat out;
+  // INTER_AREA averages every source pixel a target pixel covers, so shrinking
+  // does not alias; when growing it degenerates to blocky nearest-neighbour,
+  // where bilinear looks better.
+  const int interpolation = size < shorter ? cv::INTER_AREA : cv::INTER_LINEAR;
+  cv::resize(rgb, out, cv::Size(scaled(rgb.cols), scaled(rgb.rows)), 0, 0, interpolation);
+  return out;
+}
+
+void check_augment_options(const AugmentOptions& options) {
+  if (options.crop_size < 1 || options.load_size < options.crop_size || options.load_size > kMaxSide) {
+    throw DataError("augment options need 1 <= crop_size <= load_size <= " + std::to_string(kMaxSide) +
+                    " (got crop_size " + std::to_string(options.crop_size) + ", load_size " +
+                    std::to_string(options.load_size) + ")");
+  }
+}
+
+void augment_into(const cv::Mat& rgb, const AugmentOptions& options, uint64_t seed, float* out) {
+  check_rgb_image(rgb);
+  check_augment_options(options);
+  const cv::Mat resized = resize_shorter_side(rgb, options.load_size);
+  write_normalized_chw(resized, random_crop(resized.size(), options, seed), out);
+}
+
+void check_centre_size(int64_t size) {
+  if (size < 1 || size > kMaxSide) {
+    throw DataError("load_centered size must be in [1, " + std::to_string(kMaxSide) + "] (got " +
+                    std::to_string(size) + ")");
+  }
+}
+
+void centre_into(const cv::Mat& rgb, int64_t size, float* out) {
+  check_rgb_image(rgb);
+  check_centre_size(size);
+  const cv::Mat resized = resize_shorter_side(rgb, size);
+  Crop crop;
+  crop.size = static_cast<int>(size);
+  crop.x = (resized.cols - crop.size) / 2;
+  crop.y = (resized.rows - crop.size) / 2;
+  write_normalized_chw(resized, crop, out);
+}
+
+}  // namespace detail
+
+std::vector<std::string> list_images(const std::vector<std::string>& sources) {
+  if (sources.empty()) throw DataError("no image folder or file given");
+  std::vector<std::string> images;
+  for (const std::string& source : sources) {
+    std::error_code error;
+    const fs::file_status status = fs::status(source, error);
+    if (!fs::exists(status)) {
+      throw DataError("image folder '" + source + "' does not exist");
+    }
+    if (fs::is_directory(status)) {
+      const size_t before = images.size();
+      add_folder(source, images);
+      if (images.size() == before) {
+        throw DataError("image folder '" + source + "' contains no images (" + kImageExtensions + ")");
+      }
+    } else if (has_image_extension(source)) {
+      images.push_back(fs::path(source).lexically_normal().string());
+    } else {
+      throw DataError("image file '" + source + "' is not an image (" + kImageExtensions + ")");
+    }
+  }
+  std::sort(images.begin(), images.end());
+  images.erase(std::unique(images.begin(), images.end()), images.end());
+  return images;
+}
+
+torch::Tensor decode_image(const std::string& path) {
+  std::string why;
+  const cv::Mat rgb = detail::read_rgb(path, why);
+  if (rgb.empty()) throw DataError("cannot decode image '" + path + "': " + why);
+  torch::Tensor out = torch::empty({rgb.rows, rgb.cols, 3}, torch::kUInt8);
+  // copyTo into a header of the same size and type writes in place, so the
+  // tensor owns the pixels once the Mat is gone.
+  cv::Mat view(rgb.rows, rgb.cols, CV_8UC3, out.data_ptr());
+  rgb.copyTo(view);
+  return out;
+}
+
+torch::Tensor augment(const torch::Tensor& rgb, const AugmentOptions& options, uint64_t seed) {
+  if (!rgb.defined() || !rgb.device().is_cpu() || rgb.scalar_type() != torch::kUInt8 || rgb.dim() != 3 ||
+      rgb.size(2) != 3 || rgb.size(0) < 1 || rgb.size(1) < 1) {
+    throw DataError("augment expects a CPU uint8 [H, W, 3] image tensor");
+  }
+  detail::check_augment_options(options);
+  const torch::Tensor pixels = rgb.contiguous();  // keeps the Mat's memory alive
+  const cv::Mat view(static_cast<int>(pixels.size(0)), static_cast<int>(pixels.size(1)), CV_8UC3,
+                     pixels.data_ptr());
+  torch::Tensor out = torch::empty({3, options.crop_size, options.crop_size}, torch::kFloat);
+  detail::augment_into(view, options, seed, out.data_ptr<float>());
+  return out;
+}
+
+torch::Tensor load_centered(const std::string& path, int64_t size) {
+  detail::check_centre_size(size);
+  std::string why;
+  const cv::Mat rgb = detail::read_rgb(path, why);
+  if (rgb.empty()) throw DataError("cannot decode image '" + path + "': " + why);
+  torch::Tensor out = torch::empty({3, size, size}, torch::kFloat);
+  detail::centre_into(rgb, size, out.data_ptr<float>());
+  return out;
+}
+
+}  // namespace atelier::data

@@ -1,0 +1,356 @@
+// Configuration: one table of keys, each knowing how to read, check and
+// print its value. YAML files, --set overrides and the dumped config.yaml all
+// go through this table, so an unknown key or a bad value is reported the
+// same way wherever it comes from.
+#include "launcher/launcher.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <sstream>
+#include <utility>
+
+#include "launcher/default_config.h"
+
+namespace atelier::launcher {
+namespace {
+
+using trainer::Config;
+
+struct Field {
+  std::string key;   // "section.name"
+  std::string help;  // one line for --help and config.yaml comments
+  std::function<void(Config&, const YAML::Node&)> set;
+  std::function<YAML::Node(const Config&)> get;
+};
+
+// Accessor of a Config member; `const Config` is read through the same path.
+#define AT(member) [](Config& c) -> auto& { return c.member; }
+
+std::string show(const YAML::Node& node) {
+  YAML::Emitter out;
+  out << YAML::Flow << node;
+  return out.c_str();
+}
+
+template <typename T>
+T scalar(const std::string& key, const YAML::Node& node, const char* expected) {
+  try {
+    if (!node.IsScalar()) throw YAML::BadConversion(node.Mark());
+    return node.as<T>();
+  } catch (const YAML::Exception&) {
+    throw ConfigError(key + ": expected " + expected + ", got '" + show(node) + "'");
+  }
+}
+
+template <typename Access>
+Field integer(std::string key, Access at, int64_t min, int64_t max, std::string help) {
+  Field f{key, std::move(help), {}, {}};
+  f.set = [key, at, min, max](Config& c, const YAML::Node& n) {
+    auto v = scalar<int64_t>(key, n, "an integer");
+    if (v < min || v > max)
+      throw ConfigError(key + ": " + std::to_string(v) + " is out of range [" + std::to_string(min) +
+                        ", " + std::to_string(max) + "]");
+    at(c) = static_cast<std::remove_reference_t<decltype(at(c))>>(v);
+  };
+  f.get = [at](const Config& c) { return YAML::Node(at(const_cast<Config&>(c))); };
+  return f;
+}
+
+template <typename Access>
+Field real(std::string key, Access at, double min, double max, std::string help) {
+  Field f{key, std::move(help), {}, {}};
+  f.set = [key, at, min, max](Config& c, const YAML::Node& n) {
+    auto v = scalar<double>(key, n, "a number");
+    if (!(v >= min && v <= max)) {
+      std::ostringstream msg;
+      msg << key << ": " << v << " is out of range [" << min << ", " << max << "]";
+      throw ConfigError(msg.str());
+    }
+    at(c) = v;
+  };
+  f.get = [at](const Config& c) { return YAML::Node(at(const_cast<Config&>(c))); };
+  return f;
+}
+
+template <typename Access>
+Field boolean(std::string key, Access at, std::string help) {
+  Field f{key, std::move(help), {}, {}};
+  f.set = [key, at](Config& c, const YAML::Node& n) { at(c) = scalar<bool>(key, n, "true or false"); };
+  f.get = [at](const Config& c) { return YAML::Node(at(const_cast<Config&>(c))); };
+  return f;
+}
+
+template <typename Access>
+Field text(std::string key, Access at, std::string help) {
+  Field f{key, std::move(help), {}, {}};
+  f.set = [key, at](Config& c, const YAML::Node& n) {
+    at(c) = n.IsNull() ? std::string() : scalar<std::string>(key, n, "a string");
+  };
+  f.get = [at](const Config& c) { return YAML::Node(at(const_cast<Config&>(c))); };
+  return f;
+}
+
+// A list of strings; a single string is a list of one.
+template <typename Access>
+Field list(std::string key, Access at, std::string help) {
+  Field f{key, std::move(help), {}, {}};
+  f.set = [key, at](Config& c, const YAML::Node& n) {
+    std::vector<std::string> out;
+    if (n.IsSequence()) {
+      for (const auto& item : n) out.push_back(scalar<std::string>(key, item, "a list of strings"));
+    } else if (!n.IsNull()) {
+      out.push_back(scalar<std::string>(key, n, "a string or a list of strings"));
+    }
+    at(c) = out;
+  };
+  f.get = [at](const Config& c) {
+    YAML::Node n(YAML::NodeType::Sequence);
+    for (const auto& s : at(const_cast<Config&>(c))) n.push_back(s);
+    return n;
+  };
+  return f;
+}
+
+// A string chosen from `names`, stored as the matching value.
+template <typename T, typename Access>
+Field choice(std::string key, Access at, std::vector<std::pair<std::string, T>> names,
+             std::string help) {
+  Field f{key, std::move(help), {}, {}};
+  f.set = [key, at, names](Config& c, const YAML::Node& n) {
+    auto v = scalar<std::string>(key, n, "a string");
+    for (const auto& [name, value] : names) {
+      if (name == v) {
+        at(c) = value;
+        return;
+      }
+    }
+    std::string allowed;
+    for (const auto& [name, value] : names) allowed += (allowed.empty() ? "" : ", ") + name;
+    throw ConfigError(key + ": unknown value '" + v + "' (allowed: " + allowed + ")");
+  };
+  f.get = [at, names](const Config& c) {
+    for (const auto& [name, value] : names)
+      if (value == at(const_cast<Config&>(c))) return YAML::Node(name);
+    return YAML::Node();
+  };
+  return f;
+}
+
+constexpr int64_t kBig = std::numeric_limits<int32_t>::max();
+
+std::vector<Field> make_fields() {
+  using models::Adversarial;
+  using models::Norm;
+  using models::StyleStatistics;
+  using trainer::Schedule;
+  const std::vector<std::pair<std::string, std::string>> levels = {
+      {"trace", "trace"}, {"debug", "debug"}, {"info", "info"}, {"warn", "warn"}, {"error", "error"}};
+  return {
+      text("run.name", AT(run.name), "run directory name under run.dir"),
+      text("run.dir", AT(run.dir), "parent folder of run directories"),
+      choice<std::string>("run.log_level", AT(run.log_level), levels, "log level"),
+      choice<std::string>("model.family", AT(model.family), {{"adain", "adain"}}, "model trained"),
+      text("model.vgg_weights", AT(model.generator.encoder.weights_path),
+           "torchvision VGG-19 state dict (.pth); empty: fixed random VGG"),
+      integer("model.encoder_width", AT(model.generator.encoder.width), 1, 1024,
+              "VGG block-1 channels (64 = real VGG-19)"),
+      integer("model.vgg_seed", AT(model.generator.encoder.random_seed), 0, kBig,
+              "seed of the fixed random VGG"),
+      integer("model.decoder_width", AT(model.generator.decoder.width), 1, 1024,
+              "decoder block-1 channels (must equal encoder_width)"),
+      integer("model.disc_width", AT(model.discriminator.width), 1, 1024, "PatchGAN first-layer channels"),
+      integer("model.disc_layers", AT(model.discriminator.layers), 1, 6, "PatchGAN strided layers (3 = 70x70)"),
+      choice<Norm>("model.disc_norm", AT(model.discriminator.norm),
+             {{"instance", Norm::Instance}, {"batch", Norm::Batch}, {"none", Norm::None}},
+             "PatchGAN normalisation"),
+      list("data.content", AT(data.content), "content image folders or files"),
+      list("data.style", AT(data.style), "style image folders or files"),
+      integer("data.load_size", AT(data.augment.load_size), 8, 8192, "shorter side after resizing"),
+      integer("data.crop_size", AT(data.augment.crop_size), 8, 8192, "training image size (multiple of 8)"),
+      boolean("data.flip", AT(data.augment.flip), "random horizontal flips"),
+      integer("data.workers", AT(data.workers), 1, 256, "decode threads"),
+      integer("data.prefetch", AT(data.prefetch), 1, 1024, "batches decoded ahead"),
+      choice<Adversarial>("loss.adversarial", AT(loss.adversarial),
+             {{"bce", Adversarial::BCE}, {"lsgan", Adversarial::LSGAN}, {"hinge", Adversarial::Hinge}},
+             "adversarial loss"),
+      choice<StyleStatistics>("loss.style_statistics", AT(loss.style_statistics),
+             {{"meanstd", StyleStatistics::MeanStd}, {"gram", StyleStatistics::Gram},
+              {"both", StyleStatistics::Both}},
+             "feature statistics the style loss matches"),
+      real("loss.adversarial_weight", AT(loss.adversarial_weight), 0, 1e6, "lambda_adv"),
+      real("loss.content_weight", AT(loss.content_weight), 0, 1e6, "lambda_c"),
+      real("loss.style_weight", AT(loss.style_weight), 0, 1e6, "lambda_s"),
+      real("loss.tv_weight", AT(loss.tv_weight), 0, 1e6, "lambda_tv"),
+      real("optim.lr_g", AT(optim.lr_g), 1e-12, 10, "generator Adam learning rate"),
+      real("optim.lr_d", AT(optim.lr_d), 1e-12, 10, "discriminator Adam learning rate"),
+      real("optim.beta1", AT(optim.beta1), 0, 0.999999, "Adam beta1"),
+      real("optim.beta2", AT(optim.beta2), 0, 0.999999999, "Adam beta2"),
+      choice<Schedule>("optim.schedule", AT(optim.schedule),
+             {{"constant", Schedule::Constant}, {"linear", Schedule::Linear}}, "learning-rate schedule"),
+      integer("optim.decay_start", AT(optim.decay_start), 0, kBig, "linear: step where decay to 0 starts (none if >= train.steps)"),
+      real("optim.grad_clip", AT(optim.grad_clip), 0, 1e9, "max gradient norm per network (0 = off)"),
+      integer("train.steps", AT(train.steps), 1, kBig, "optimisation steps"),
+      integer("train.batch_size", AT(train.batch_size), 1, 65536, "images per step"),
+      integer("train.threads", AT(train.threads), 1, 1024, "LibTorch intra-op threads"),
+      integer("train.seed", AT(train.seed), 0, kBig, "seed of weights, data order, augmentation"),
+      integer("train.log_every", AT(train.log_every), 1, kBig, "steps between log lines"),
+      integer("train.sample_every", AT(train.sample_every), 1, kBig, "steps between sample grids"),
+      integer("train.sample_count", AT(train.sample_count), 1, 64, "pairs per sample grid"),
+      integer("checkpoint.every_steps", AT(checkpoint.every_steps), 1, kBig, "steps between checkpoints"),
+      integer("checkpoint.keep", AT(checkpoint.keep), 1, kBig, "newest checkpoints kept"),
+  };
+}
+
+const std::vector<Field>& fields() {
+  static const std::vector<Field> all = make_fields();
+  return all;
+}
+
+std::string section_of(const std::string& key) { return key.substr(0, key.find('.')); }
+
+std::string keys_in(const std::string& section) {
+  std::string out;
+  for (const auto& f : fields())
+    if (section_of(f.key) == section) out += (out.empty() ? "" : ", ") + f.key.substr(section.size() + 1);
+  return out;
+}
+
+const Field* find_field(const std::string& key) {
+  for (const auto& f : fields())
+    if (f.key == key) return &f;
+  return nullptr;
+}
+
+std::vector<std::string> sections() {
+  std::vector<std::string> out;
+  for (const auto& f : fields())
+    if (std::find(out.begin(), out.end(), section_of(f.key)) == out.end()) out.push_back(section_of(f.key));
+  return out;
+}
+
+std::string unknown_key_message(const std::string& key, const std::string& origin) {
+  const auto section = section_of(key);
+  const auto known = sections();
+  if (key.find('.') == std::string::npos || std::find(known.begin(), known.end(), section) == known.end()) {
+    std::string list;
+    for (const auto& s : known) list += (list.empty() ? "" : ", ") + s;
+    return "unknown section '" + section + "' in " + origin + " (sections: " + list + ")";
+  }
+  return "unknown key '" + key + "' in " + origin + " (keys of " + section + ": " + keys_in(section) + ")";
+}
+
+// Checks that hold between keys; each message names the keys involved.
+void check_consistency(const Config& c) {
+  const auto& aug = c.data.augment;
+  if (aug.crop_size > aug.load_size)
+    throw ConfigError("data.crop_size (" + std::to_string(aug.crop_size) + ") must not exceed data.load_size (" +
+                      std::to_string(aug.load_size) + ")");
+  if (aug.crop_size % 8 != 0)
+    throw ConfigError("data.crop_size: " + std::to_string(aug.crop_size) +
+                      " is not a multiple of 8 (the encoder downsamples by 8)");
+  const auto& g = c.model.generator;
+  if (g.decoder.width != g.encoder.width)
+    throw ConfigError("model.decoder_width (" + std::to_string(g.decoder.width) +
+                      ") must equal model.encoder_width (" + std::to_string(g.encoder.width) + ")");
+  if (!g.encoder.weights_path.empty()) {
+    if (g.encoder.width != 64)
+      throw ConfigError("model.vgg_weights needs model.encoder_width 64 (real VGG-19), not " +
+                        std::to_string(g.encoder.width));
+    if (!std::filesystem::is_regular_file(g.encoder.weights_path))
+      throw ConfigError("model.vgg_weights: file '" + g.encoder.weights_path + "' does not exist");
+  }
+}
+
+void apply_override(YAML::Node& root, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw ConfigError("--set expects key=value, got '" + assignment + "'");
+  const auto key = assignment.substr(0, eq);
+  if (!find_field(key)) throw ConfigError(unknown_key_message(key, "--set"));
+  YAML::Node value;
+  try {
+    value = YAML::Load(assignment.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    throw ConfigError("--set " + key + ": value is not valid YAML: " + e.msg);
+  }
+  const auto dot = key.find('.');
+  root[key.substr(0, dot)][key.substr(dot + 1)] = value;
+}
+
+}  // namespace
+
+const std::string& default_config_yaml() {
+  static const std::string text = kDefaultConfigYaml;
+  return text;
+}
+
+Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides,
+                    const std::string& origin) {
+  YAML::Node root;
+  try {
+    root = yaml_text.empty() ? YAML::Node(YAML::NodeType::Map) : YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(origin + ": not valid YAML: " + e.what());
+  }
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) throw ConfigError(origin + ": expected a mapping of sections at the top level");
+  for (const auto& assignment : overrides) apply_override(root, assignment);
+
+  Config config;
+  for (const auto& section : root) {
+    const auto name = section.first.as<std::string>();
+    if (!section.second.IsMap()) {
+      if (keys_in(name).empty()) throw ConfigError(unknown_key_message(name, origin));
+      throw ConfigError(origin + ": section '" + name + "' must be a mapping of keys");
+    }
+    for (const auto& entry : section.second) {
+      const auto key = name + "." + entry.first.as<std::string>();
+      const Field* field = find_field(key);
+      if (!field) throw ConfigError(unknown_key_message(key, origin));
+      field->set(config, entry.second);
+    }
+  }
+  check_consistency(config);
+  return config;
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  if (path.empty()) return parse_config(default_config_yaml(), overrides, "the embedded default config");
+  std::ifstream in(path);
+  if (!in) throw ConfigError("cannot read config file '" + path + "'");
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_config(text.str(), overrides, path);
+}
+
+std::string dump_config(const Config& config) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  for (const auto& section : sections()) {
+    out << YAML::Key << section << YAML::Value << YAML::BeginMap;
+    for (const auto& f : fields()) {
+      if (section_of(f.key) != section) continue;
+      out << YAML::Key << f.key.substr(section.size() + 1) << YAML::Value;
+      const auto value = f.get(config);
+      if (value.IsSequence()) out << YAML::Flow;
+      out << value << YAML::Comment(f.help);
+    }
+    out << YAML::EndMap;
+  }
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+std::string describe_config_keys() {
+  std::ostringstream out;
+  for (const auto& f : fields()) out << "  " << f.key << std::string(f.key.size() < 26 ? 26 - f.key.size() : 1, ' ')
+                                     << f.help << "\n";
+  return out.str();
+}
+
+}  // namespace atelier::launcher

@@ -1,0 +1,187 @@
+// models/ — the networks atelier trains and the losses that train them.
+//
+// AdaIN-GAN (Huang & Belongie 2017, plus a PatchGAN critic): a frozen VGG-19
+// encoder up to relu4_1 embeds content and style, adaptive instance
+// normalisation moves the style's channel statistics onto the content
+// features, a mirrored decoder turns them back into an image, and a 70x70
+// PatchGAN discriminator judges stylised images against real style images.
+// Every image tensor here is float NCHW in [-1, 1].
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace atelier::models {
+
+// A model file or option that cannot be used (bad state dict, unknown name).
+struct ModelError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// ---------------------------------------------------------------------------
+// Loss network / encoder
+
+struct EncoderOptions {
+  int64_t width = 64;          // channels of VGG block 1; blocks 2..4 use 2x, 4x, 8x (VGG-19: 64)
+  std::string weights_path;    // torchvision vgg19 state dict (.pth); empty = fixed random VGG
+  uint64_t random_seed = 19;   // seed of the fixed random VGG used when weights_path is empty
+};
+
+// VGG-19 `features[0..20]` (conv1_1 .. relu4_1) with torchvision's layer
+// layout (3x3 convs, zero padding, 2x2 max pools), frozen. Takes images in
+// [-1, 1] and applies ImageNet normalisation itself, as torchvision expects.
+struct VGGEncoderImpl : torch::nn::Module {
+  explicit VGGEncoderImpl(const EncoderOptions& options);
+
+  // Activations at relu1_1, relu2_1, relu3_1, relu4_1 (the style layers).
+  std::vector<torch::Tensor> forward_features(const torch::Tensor& images);
+  // relu4_1 only (the content layer).
+  torch::Tensor forward(const torch::Tensor& images);
+
+  // Copies torchvision keys `features.<i>.weight|bias` onto our convs.
+  // Throws ModelError naming a missing key or a shape mismatch.
+  void load_torchvision(const std::map<std::string, torch::Tensor>& state);
+
+  int64_t out_channels() const { return 8 * options.width; }
+  bool pretrained() const { return pretrained_; }
+
+  EncoderOptions options;
+  // Slices ending at relu1_1, relu2_1, relu3_1, relu4_1.
+  torch::nn::Sequential slice1{nullptr}, slice2{nullptr}, slice3{nullptr}, slice4{nullptr};
+
+ private:
+  bool pretrained_ = false;
+};
+TORCH_MODULE(VGGEncoder);
+
+// Channel mean and standard deviation over H and W: two [N, C, 1, 1] tensors.
+// std = sqrt(var + eps) with the biased variance.
+std::pair<torch::Tensor, torch::Tensor> channel_mean_std(const torch::Tensor& features,
+                                                         double eps = 1e-5);
+
+// Adaptive instance normalisation: content features normalised per channel,
+// then scaled and shifted to the style features' channel mean and std.
+torch::Tensor adain(const torch::Tensor& content_features, const torch::Tensor& style_features,
+                    double eps = 1e-5);
+
+// ---------------------------------------------------------------------------
+// Generator
+
+struct DecoderOptions {
+  int64_t width = 64;  // mirrors the encoder: 8w -> 4w -> 2w -> w -> 3 channels
+};
+
+// The AdaIN decoder: reflection-padded 3x3 convs with nearest upsampling,
+// mirroring the encoder; a tanh puts the image in [-1, 1].
+struct DecoderImpl : torch::nn::Module {
+  explicit DecoderImpl(const DecoderOptions& options);
+  torch::Tensor forward(const torch::Tensor& features);
+
+  DecoderOptions options;
+  torch::nn::Sequential layers{nullptr};
+};
+TORCH_MODULE(Decoder);
+
+struct GeneratorOptions {
+  EncoderOptions encoder;
+  DecoderOptions decoder;
+};
+
+// G(content, style): encoder (frozen) -> AdaIN -> decoder (trained).
+struct AdaINGeneratorImpl : torch::nn::Module {
+  explicit AdaINGeneratorImpl(const GeneratorOptions& options);
+
+  struct Output {
+    torch::Tensor image;   // stylised image in [-1, 1]
+    torch::Tensor target;  // the AdaIN features t the decoder was given (content-loss target)
+  };
+  // alpha in [0, 1] blends t with the content features (1 = full style).
+  Output stylize(const torch::Tensor& content, const torch::Tensor& style, double alpha = 1.0);
+  torch::Tensor forward(const torch::Tensor& content, const torch::Tensor& style,
+                        double alpha = 1.0);
+
+  // The parameters an optimiser should update (the decoder's).
+  std::vector<torch::Tensor> trainable_parameters() const;
+
+  VGGEncoder encoder{nullptr};
+  Decoder decoder{nullptr};
+};
+TORCH_MODULE(AdaINGenerator);
+
+// ---------------------------------------------------------------------------
+// Discriminator
+
+enum class Norm { Instance, Batch, None };
+// "instance" | "batch" | "none"; throws ModelError naming the allowed values.
+Norm parse_norm(const std::string& name);
+
+struct DiscriminatorOptions {
+  int64_t width = 64;  // channels of the first conv (pix2pix/CycleGAN: 64)
+  int64_t layers = 3;  // strided 4x4 conv blocks after the first; 3 gives the 70x70 PatchGAN
+  Norm norm = Norm::Instance;
+};
+
+// PatchGAN (Isola et al. 2017): C(w)-C(2w)-C(4w)-C(8w) 4x4 convs with
+// LeakyReLU(0.2), normalisation after all but the first, a final 1-channel
+// conv; outputs one logit per receptive-field patch, [N, 1, H', W'].
+// Weights are initialised normal(0, 0.02) as in the reference implementation.
+struct PatchDiscriminatorImpl : torch::nn::Module {
+  explicit PatchDiscriminatorImpl(const DiscriminatorOptions& options);
+  torch::Tensor forward(const torch::Tensor& images);
+
+  DiscriminatorOptions options;
+  torch::nn::Sequential layers{nullptr};
+};
+TORCH_MODULE(PatchDiscriminator);
+
+// ---------------------------------------------------------------------------
+// Losses. Every loss is a scalar tensor, differentiable.
+
+enum class Adversarial { BCE, LSGAN, Hinge };
+// "bce" | "lsgan" | "hinge"; throws ModelError naming the allowed values.
+Adversarial parse_adversarial(const std::string& name);
+
+// BCE:   0.5 * (BCEWithLogits(real, 1) + BCEWithLogits(fake, 0))
+// LSGAN: 0.5 * (mean((real - 1)^2) + mean(fake^2))
+// Hinge: mean(relu(1 - real)) + mean(relu(1 + fake))
+torch::Tensor discriminator_loss(Adversarial kind, const torch::Tensor& real_logits,
+                                 const torch::Tensor& fake_logits);
+// BCE: BCEWithLogits(fake, 1); LSGAN: mean((fake - 1)^2); Hinge: -mean(fake)
+torch::Tensor generator_adversarial_loss(Adversarial kind, const torch::Tensor& fake_logits);
+
+// Mean squared error between encoder features of the output and the AdaIN target.
+torch::Tensor content_loss(const torch::Tensor& output_features, const torch::Tensor& target);
+
+enum class StyleStatistics { MeanStd, Gram, Both };
+// "meanstd" | "gram" | "both"; throws ModelError naming the allowed values.
+StyleStatistics parse_style_statistics(const std::string& name);
+
+// Gram matrix per image, normalised by C*H*W: [N, C, C].
+torch::Tensor gram_matrix(const torch::Tensor& features);
+
+// Sum over layers of MSE(mean) + MSE(std) (MeanStd) and/or MSE(Gram) (Gram).
+torch::Tensor style_loss(const std::vector<torch::Tensor>& output_features,
+                         const std::vector<torch::Tensor>& style_features, StyleStatistics kind);
+
+// Anisotropic L1 total variation: mean |dx| + mean |dy|.
+torch::Tensor total_variation_loss(const torch::Tensor& images);
+
+// ---------------------------------------------------------------------------
+// Weight import
+
+// Reads a state dict written by Python's `torch.save(module.state_dict(), f)`
+// (zip format, as torchvision's downloads are) without Python. Only keys for
+// which `wanted(key)` is true are materialised (all when empty). Tensors come
+// back contiguous, on CPU, with their saved dtype. Throws ModelError naming
+// the file and what is wrong with it.
+std::map<std::string, torch::Tensor> load_state_dict(
+    const std::string& path, const std::function<bool(const std::string&)>& wanted = {});
+
+}  // namespace atelier::models

@@ -1,0 +1,222 @@
+// The frozen VGG-19 encoder (conv1_1 .. relu4_1) and adaptive instance
+// normalisation, the two pieces of AdaIN that carry no trained weights.
+#include "models/models.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <sstream>
+
+namespace atelier::models {
+namespace {
+
+// torchvision's vgg19().features layout up to relu4_1: each conv's index and
+// its channels as multiples of `width`, then the max pools' indices. Every
+// other index is a ReLU.
+struct ConvSpec {
+  int index;
+  int64_t in_multiple;  // 0 means the 3 RGB channels
+  int64_t out_multiple;
+};
+constexpr ConvSpec kConvs[] = {
+    {0, 0, 1},  {2, 1, 1},  {5, 1, 2},  {7, 2, 2},   {10, 2, 4},
+    {12, 4, 4}, {14, 4, 4}, {16, 4, 4}, {19, 4, 8},
+};
+constexpr int kPools[] = {4, 9, 18};
+// Last torchvision index of slice1..slice4 (relu1_1, relu2_1, relu3_1, relu4_1).
+constexpr int kSliceEnds[] = {1, 6, 11, 20};
+
+// ImageNet statistics torchvision's weights were trained with.
+const std::vector<float> kImageNetMean = {0.485f, 0.456f, 0.406f};
+const std::vector<float> kImageNetStd = {0.229f, 0.224f, 0.225f};
+
+// Builds the layer at torchvision index `index`.
+torch::nn::AnyModule make_layer(int index, int64_t width) {
+  for (const auto& conv : kConvs) {
+    if (conv.index == index) {
+      const int64_t in = conv.in_multiple == 0 ? 3 : conv.in_multiple * width;
+      return torch::nn::AnyModule(torch::nn::Conv2d(
+          torch::nn::Conv2dOptions(in, conv.out_multiple * width, 3).padding(1)));
+    }
+  }
+  for (int pool : kPools) {
+    if (pool == index) {
+      return torch::nn::AnyModule(torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(2).stride(2)));
+    }
+  }
+  return torch::nn::AnyModule(torch::nn::ReLU());
+}
+
+// Every conv keyed by its torchvision index. Layers inside a slice are named
+// by that index (slice3's are "7".."11"), so `features.7.weight` is
+// `slice3.7.weight` here.
+std::map<int, torch::nn::Conv2dImpl*> convs_by_index(VGGEncoderImpl& encoder) {
+  std::map<int, torch::nn::Conv2dImpl*> convs;
+  for (auto* slice : {&encoder.slice1, &encoder.slice2, &encoder.slice3, &encoder.slice4}) {
+    for (const auto& child : (*slice)->named_children()) {
+      if (auto* conv = child.value()->as<torch::nn::Conv2d>()) {
+        convs[std::stoi(child.key())] = conv;
+      }
+    }
+  }
+  return convs;
+}
+
+// Kaiming-normal weights from a private generator: the loss network must be
+// the same on every rank and every run, and drawing from the global RNG would
+// shift every later random number the trainer draws. fan_in keeps activation
+// magnitudes steady through the 9 ReLU convs, so deep features stay usable.
+void init_random(VGGEncoderImpl& encoder, uint64_t seed) {
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  torch::NoGradGuard no_grad;
+  for (auto& [index, conv] : convs_by_index(encoder)) {
+    (void)index;
+    const auto fan_in = static_cast<double>(conv->weight[0].numel());
+    conv->weight.normal_(0.0, std::sqrt(2.0 / fan_in), generator);
+    conv->bias.zero_();
+  }
+}
+
+// LibTorch's Conv2d constructor draws its default init from the global CPU
+// RNG. The encoder overwrites those weights anyway, but the draws would
+// still shift every later random number of a seeded run, so building the
+// encoder restores the generator's state afterwards.
+class GlobalRngStateGuard {
+ public:
+  GlobalRngStateGuard()
+      : generator_(at::detail::getDefaultCPUGenerator()), state_(generator_.get_state()) {}
+  ~GlobalRngStateGuard() {
+    try {
+      generator_.set_state(state_);
+    } catch (...) {
+      // Destructors never throw; a failed restore only costs reproducibility.
+    }
+  }
+  GlobalRngStateGuard(const GlobalRngStateGuard&) = delete;
+  GlobalRngStateGuard& operator=(const GlobalRngStateGuard&) = delete;
+
+ private:
+  at::Generator generator_;
+  torch::Tensor state_;
+};
+
+// Keeps only the conv tensors of features[0..19]; the full vgg19 file also
+// holds the later blocks and the classifier, which we never use.
+bool is_encoder_key(const std::string& key) {
+  const std::string prefix = "features.";
+  if (key.rfind(prefix, 0) != 0) return false;
+  const auto dot = key.find('.', prefix.size());
+  if (dot == std::string::npos || dot == prefix.size()) return false;
+  const std::string index = key.substr(prefix.size(), dot - prefix.size());
+  if (index.find_first_not_of("0123456789") != std::string::npos || index.size() > 3) return false;
+  const std::string field = key.substr(dot + 1);
+  return std::stoi(index) <= 19 && (field == "weight" || field == "bias");
+}
+
+std::string shape_string(const torch::Tensor& tensor) {
+  std::ostringstream out;
+  out << tensor.sizes();
+  return out.str();
+}
+
+}  // namespace
+
+VGGEncoderImpl::VGGEncoderImpl(const EncoderOptions& options_) : options(options_) {
+  if (options.width < 1) {
+    throw ModelError("encoder width must be positive, got " + std::to_string(options.width));
+  }
+  // torchvision's weights exist only at VGG-19's own width.
+  if (!options.weights_path.empty() && options.width != 64) {
+    throw ModelError("encoder weights '" + options.weights_path + "' need width 64, got " +
+                     std::to_string(options.width));
+  }
+  const GlobalRngStateGuard restore_global_rng;
+  torch::nn::Sequential* slices[] = {&slice1, &slice2, &slice3, &slice4};
+  int index = 0;
+  for (int s = 0; s < 4; ++s) {
+    *slices[s] = torch::nn::Sequential();
+    for (; index <= kSliceEnds[s]; ++index) {
+      (*slices[s])->push_back(std::to_string(index), make_layer(index, options.width));
+    }
+    register_module("slice" + std::to_string(s + 1), *slices[s]);
+  }
+
+  // Buffers, not parameters: they move with .to(device) and land in
+  // checkpoints, but no optimiser may touch them.
+  register_buffer("imagenet_mean", torch::tensor(kImageNetMean).view({1, 3, 1, 1}));
+  register_buffer("imagenet_std", torch::tensor(kImageNetStd).view({1, 3, 1, 1}));
+
+  if (options.weights_path.empty()) {
+    init_random(*this, options.random_seed);
+  } else {
+    load_torchvision(load_state_dict(options.weights_path, is_encoder_key));
+  }
+  for (auto& parameter : parameters()) parameter.set_requires_grad(false);
+}
+
+std::vector<torch::Tensor> VGGEncoderImpl::forward_features(const torch::Tensor& images) {
+  const auto buffers = named_buffers(/*recurse=*/false);
+  const auto x01 = (images + 1.0) * 0.5;
+  auto x = (x01 - buffers["imagenet_mean"]) / buffers["imagenet_std"];
+  std::vector<torch::Tensor> features;
+  for (auto* slice : {&slice1, &slice2, &slice3, &slice4}) {
+    x = (*slice)->forward(x);
+    features.push_back(x);
+  }
+  return features;
+}
+
+torch::Tensor VGGEncoderImpl::forward(const torch::Tensor& images) {
+  return forward_features(images).back();
+}
+
+void VGGEncoderImpl::load_torchvision(const std::map<std::string, torch::Tensor>& state) {
+  const auto convs = convs_by_index(*this);
+  // Check every tensor before copying any, so a bad file leaves the encoder as it was.
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;  // (ours, theirs)
+  for (const auto& [index, conv] : convs) {
+    const std::string prefix = "features." + std::to_string(index) + ".";
+    for (const auto& [field, ours] : {std::make_pair("weight", conv->weight),
+                                      std::make_pair("bias", conv->bias)}) {
+      const std::string key = prefix + field;
+      const auto found = state.find(key);
+      if (found == state.end()) {
+        throw ModelError("torchvision VGG state dict has no key '" + key + "'");
+      }
+      if (found->second.sizes() != ours.sizes()) {
+        throw ModelError("torchvision VGG key '" + key + "' has shape " +
+                         shape_string(found->second) + ", expected " + shape_string(ours));
+      }
+      copies.emplace_back(ours, found->second);
+    }
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [ours, theirs] : copies) ours.copy_(theirs);
+  pretrained_ = true;
+}
+
+std::pair<torch::Tensor, torch::Tensor> channel_mean_std(const torch::Tensor& features,
+                                                         double eps) {
+  if (features.dim() != 4) {
+    throw ModelError("channel_mean_std expects NCHW features, got shape " +
+                     shape_string(features));
+  }
+  const auto mean = features.mean({2, 3}, /*keepdim=*/true);
+  const auto var = features.var({2, 3}, /*unbiased=*/false, /*keepdim=*/true);
+  return {mean, (var + eps).sqrt()};
+}
+
+torch::Tensor adain(const torch::Tensor& content_features, const torch::Tensor& style_features,
+                    double eps) {
+  if (content_features.size(0) != style_features.size(0) ||
+      content_features.size(1) != style_features.size(1)) {
+    throw ModelError("adain needs content and style features with the same batch and channels, "
+                     "got " + shape_string(content_features) + " and " +
+                     shape_string(style_features));
+  }
+  const auto [content_mean, content_std] = channel_mean_std(content_features, eps);
+  const auto [style_mean, style_std] = channel_mean_std(style_features, eps);
+  return (content_features - content_mean) / content_std * style_std + style_mean;
+}
+
+}  // namespace atelier::models

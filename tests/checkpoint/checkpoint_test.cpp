@@ -1,0 +1,116 @@
+// Checkpoints appear only when complete, verify their bytes, and a failed
+// save leaves the previous checkpoint in charge.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <random>
+
+#include "checkpoint/checkpoint.h"
+
+namespace atelier::checkpoint {
+namespace {
+namespace fs = std::filesystem;
+
+class CheckpointDir : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir = fs::temp_directory_path() / ("atelier-ckpt-" + std::to_string(std::random_device{}()));
+    fs::create_directories(dir);
+  }
+  void TearDown() override { fs::remove_all(dir); }
+
+  fs::path save_step(int64_t step, const std::string& payload) {
+    return save(dir, {step, 0, 1, "hash"}, [&](const fs::path& staging) {
+      std::ofstream(staging / "weights.bin", std::ios::binary) << payload;
+      fs::create_directories(staging / "ranks");
+      std::ofstream(staging / "ranks" / "rank-0.json") << "{}";
+    });
+  }
+
+  static std::string read(const fs::path& p) {
+    std::ifstream in(p);
+    std::string s;
+    in >> s;
+    return s;
+  }
+
+  fs::path dir;
+};
+
+TEST_F(CheckpointDir, SaveWritesManifestWithSizesAndChecksumsAndPointsLatestAtIt) {
+  const auto path = save_step(10, "abcdef");
+  EXPECT_EQ(path, dir / "step-10");
+  EXPECT_EQ(read(dir / "LATEST"), "step-10");
+  const auto m = read_manifest(path);
+  EXPECT_EQ(m.step, 10);
+  EXPECT_EQ(m.config_hash, "hash");
+  ASSERT_EQ(m.files.size(), 2u);
+  EXPECT_EQ(m.files[1].name, "weights.bin");
+  EXPECT_EQ(m.files[1].size, 6u);
+  EXPECT_EQ(m.files[1].crc32c, file_crc32c(path / "weights.bin"));
+  EXPECT_NO_THROW(verify(path));
+}
+
+TEST_F(CheckpointDir, Crc32cOfKnownBytesIsTheStandardCheckValue) {
+  std::ofstream(dir / "check", std::ios::binary) << "123456789";
+  EXPECT_EQ(file_crc32c(dir / "check"), 0xE3069283u);
+}
+
+TEST_F(CheckpointDir, VerifyRejectsAFlippedByteAndAMissingFile) {
+  const auto path = save_step(1, "abcdef");
+  {
+    std::fstream f(path / "weights.bin", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(2);
+    f.put('X');
+  }
+  EXPECT_THROW(verify(path), CheckpointError);
+  fs::remove(path / "weights.bin");
+  try {
+    verify(path);
+    FAIL() << "missing file not detected";
+  } catch (const CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find("weights.bin"), std::string::npos);
+  }
+}
+
+TEST_F(CheckpointDir, FailedSaveLeavesPreviousCheckpointAndNoDebris) {
+  save_step(1, "good");
+  EXPECT_THROW(save(dir, {2, 0, 1, "h"},
+                    [](const fs::path& staging) {
+                      std::ofstream(staging / "partial.bin") << "half";
+                      throw std::runtime_error("disk full");
+                    }),
+               std::runtime_error);
+  EXPECT_FALSE(fs::exists(dir / "step-2"));
+  EXPECT_EQ(read(dir / "LATEST"), "step-1");
+  int entries = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++entries;
+  EXPECT_EQ(entries, 2);  // step-1 and LATEST
+}
+
+TEST_F(CheckpointDir, LatestSkipsACorruptNewestCheckpoint) {
+  save_step(1, "first");
+  const auto newest = save_step(2, "second");
+  std::ofstream(newest / "weights.bin", std::ios::trunc) << "tampered";
+  EXPECT_EQ(latest(dir), dir / "step-1");
+}
+
+TEST_F(CheckpointDir, LatestIsEmptyWithoutCheckpointsAndIgnoresStagingDirectories) {
+  EXPECT_FALSE(latest(dir).has_value());
+  fs::create_directories(dir / ".staging-step-5");
+  EXPECT_FALSE(latest(dir).has_value());
+}
+
+TEST_F(CheckpointDir, RetainKeepsTheNewestAndRemovesStaging) {
+  for (int step : {1, 2, 3, 4}) save_step(step, "x" + std::to_string(step));
+  fs::create_directories(dir / ".staging-step-9");
+  retain(dir, 2);
+  EXPECT_FALSE(fs::exists(dir / "step-1"));
+  EXPECT_FALSE(fs::exists(dir / "step-2"));
+  EXPECT_TRUE(fs::exists(dir / "step-3"));
+  EXPECT_TRUE(fs::exists(dir / "step-4"));
+  EXPECT_FALSE(fs::exists(dir / ".staging-step-9"));
+}
+
+}  // namespace
+}  // namespace atelier::checkpoint

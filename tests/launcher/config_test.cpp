@@ -1,0 +1,130 @@
+// Configuration: defaults are pinned, every error names the key.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+
+#include "launcher/launcher.h"
+
+namespace atelier::launcher {
+namespace {
+
+std::string error_of(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  try {
+    parse_config(yaml, overrides, "test.yaml");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, BuiltInDefaultsArePinned) {
+  const auto c = parse_config("", {});
+  EXPECT_EQ(c.optim.lr_g, 2e-4);
+  EXPECT_EQ(c.optim.lr_d, 2e-4);
+  EXPECT_EQ(c.optim.beta1, 0.5);
+  EXPECT_EQ(c.optim.beta2, 0.999);
+  EXPECT_EQ(c.model.generator.encoder.width, 64);
+  EXPECT_EQ(c.model.discriminator.layers, 3);
+  EXPECT_EQ(c.loss.adversarial, models::Adversarial::BCE);
+}
+
+TEST(Config, EmbeddedDemoConfigLoadsAndNamesItsImages) {
+  const auto c = load_config("", {});
+  EXPECT_EQ(c.run.name, "demo");
+  EXPECT_GE(c.data.content.size(), 10u);
+  EXPECT_NE(c.data.style[0].find("starry_night.jpg"), std::string::npos);
+}
+
+TEST(Config, UnknownKeyIsAnErrorNamingKeyAndKnownKeys) {
+  const auto msg = error_of("train:\n  batchsize: 3\n");
+  EXPECT_NE(msg.find("'train.batchsize'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("batch_size"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("test.yaml"), std::string::npos) << msg;
+}
+
+TEST(Config, UnknownSectionIsAnError) {
+  const auto msg = error_of("trian:\n  steps: 3\n");
+  EXPECT_NE(msg.find("unknown section 'trian'"), std::string::npos) << msg;
+}
+
+TEST(Config, BadChoiceNamesAllowedValues) {
+  const auto msg = error_of("", {"loss.adversarial=wgan"});
+  EXPECT_NE(msg.find("loss.adversarial"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("bce, lsgan, hinge"), std::string::npos) << msg;
+}
+
+TEST(Config, OutOfRangeAndWrongTypeNameTheKey) {
+  EXPECT_NE(error_of("train:\n  steps: 0\n").find("train.steps: 0 is out of range"), std::string::npos);
+  EXPECT_NE(error_of("", {"train.batch_size=abc"}).find("train.batch_size: expected an integer"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"data.flip=maybe"}).find("data.flip: expected true or false"), std::string::npos);
+}
+
+TEST(Config, SetOverridesFileValuesAndTakesLists) {
+  const auto c = parse_config("train:\n  steps: 5\n", {"train.steps=7", "data.content=[a, b]", "data.style=s"});
+  EXPECT_EQ(c.train.steps, 7);
+  EXPECT_EQ(c.data.content, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(c.data.style, (std::vector<std::string>{"s"}));
+}
+
+TEST(Config, SetOfUnknownKeyOrWithoutValueIsAnError) {
+  EXPECT_NE(error_of("", {"train.stepz=3"}).find("'train.stepz'"), std::string::npos);
+  EXPECT_NE(error_of("", {"train.steps"}).find("key=value"), std::string::npos);
+}
+
+TEST(Config, CrossKeyChecksNameBothKeys) {
+  const auto msg = error_of("", {"data.load_size=32", "data.crop_size=64"});
+  EXPECT_NE(msg.find("data.crop_size"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("data.load_size"), std::string::npos) << msg;
+  EXPECT_NE(error_of("", {"data.crop_size=60", "data.load_size=80"}).find("multiple of 8"), std::string::npos);
+  EXPECT_NE(error_of("", {"model.vgg_weights=/nonexistent/vgg19.pth"}).find("does not exist"), std::string::npos);
+}
+
+TEST(Config, DumpedConfigParsesBackToTheSameConfig) {
+  const auto c = load_config("", {"train.steps=11", "loss.adversarial=hinge", "optim.schedule=linear"});
+  const auto yaml = dump_config(c);
+  EXPECT_EQ(dump_config(parse_config(yaml, {})), yaml);
+  EXPECT_NE(yaml.find("steps: 11"), std::string::npos);
+  EXPECT_NE(yaml.find("adversarial: hinge"), std::string::npos);
+}
+
+struct Ran {
+  int status;
+  std::string output;
+};
+
+// Runs the atelier binary with `args`, stdout and stderr together.
+Ran run_atelier(const std::string& args) {
+  const std::string cmd = std::string(ATELIER_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string output;
+  char buf[512];
+  while (fgets(buf, sizeof buf, pipe)) output += buf;
+  return {WEXITSTATUS(pclose(pipe)), output};
+}
+
+// The binary turns a configuration error into exit code 2 and a message.
+TEST(Cli, BadKeyExitsWithUsageCodeAndMessage) {
+  const auto ran = run_atelier("train --set train.bogus=1");
+  EXPECT_EQ(ran.status, 2) << ran.output;
+  EXPECT_NE(ran.output.find("'train.bogus'"), std::string::npos) << ran.output;
+}
+
+TEST(Cli, HelpListsTrainAndConfigKeys) {
+  const auto top = run_atelier("--help");
+  EXPECT_EQ(top.status, 0);
+  EXPECT_NE(top.output.find("train"), std::string::npos) << top.output;
+  const auto ran = run_atelier("train --help");
+  EXPECT_NE(ran.output.find("--resume"), std::string::npos) << ran.output;
+  EXPECT_NE(ran.output.find("train.batch_size"), std::string::npos) << ran.output;
+}
+
+TEST(Cli, PrintConfigShowsOverriddenValue) {
+  const auto ran = run_atelier("train --print-config --set train.steps=17");
+  EXPECT_EQ(ran.status, 0) << ran.output;
+  EXPECT_NE(ran.output.find("steps: 17"), std::string::npos) << ran.output;
+}
+
+}  // namespace
+}  // namespace atelier::launcher

@@ -1,0 +1,92 @@
+#!/usr/bin/python3
+"""Writes the Python-made fixtures of tests/models/state_dict_test.cpp.
+
+Usage: /usr/bin/python3 make_state_dict_fixture.py OUTDIR {vgg,formats}
+
+vgg      vgg19.pth: torchvision's real, full vgg19 state dict (classifier
+         included) with seeded random values, saved exactly as users save it;
+         vgg19_reference.pth: a plain dict torch::pickle_load can read (an
+         independent C++ reader) with an input batch, the relu4_1 output of
+         features[:21] on it, every tensor's float64 sum, and a few copies.
+formats  formats.pth: a state-dict-shaped OrderedDict covering every dtype,
+         views (offset, stride, expand, channels_last), a shared storage and
+         an nn.Parameter; formats_protocol4.pth: the same with pickle
+         protocol 4; legacy.pth: the pre-1.6 non-zip format.
+"""
+import collections
+import os
+import sys
+
+import torch
+
+
+def write_vgg(out):
+    import torchvision
+
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg19().eval()
+    state = vgg.state_dict()
+    torch.save(state, os.path.join(out, "vgg19.pth"))
+
+    x = torch.rand(2, 3, 32, 32) * 2 - 1  # images in [-1, 1], as atelier feeds them
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        relu4_1 = vgg.features[:21](((x + 1) / 2 - mean) / std)
+    copies = ["features.0.weight", "features.34.bias", "classifier.6.weight"]
+    reference = {
+        "input": x,
+        "relu4_1": relu4_1,
+        "sums": {key: float(value.double().sum()) for key, value in state.items()},
+        "copies": {key: state[key].clone() for key in copies},
+    }
+    torch.save(reference, os.path.join(out, "vgg19_reference.pth"))
+
+
+def formats_state():
+    m = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    state = collections.OrderedDict()
+    state["float32"] = m
+    state["float64"] = torch.arange(6, dtype=torch.float64).reshape(2, 3) / 3
+    state["float16"] = torch.tensor([0.5, -2.0, 65504.0, 2.0**-14, 2.0**-24]).half()
+    state["bfloat16"] = torch.tensor([1.0, -3.5, 2.0**100, 2.0**-100]).bfloat16()
+    state["int64"] = torch.tensor([-1, 0, 2**40, -(2**62), 2**63 - 1])
+    state["int32"] = torch.tensor([-(2**31), 7, 2**31 - 1], dtype=torch.int32)
+    state["int16"] = torch.tensor([-(2**15), 2**15 - 1], dtype=torch.int16)
+    state["int8"] = torch.tensor([-128, 127], dtype=torch.int8)
+    state["uint8"] = torch.tensor([0, 255], dtype=torch.uint8)
+    state["bool"] = torch.tensor([True, False, True])
+    state["scalar"] = torch.tensor(3.25)
+    state["empty"] = torch.zeros(0, 3)
+    # Views are saved as (whole storage, offset, size, stride), not copied.
+    state["transposed"] = m.t()
+    state["slice"] = m[1:, ::2]
+    state["expanded"] = torch.arange(3.0).expand(4, 3)
+    state["channels_last"] = torch.arange(24.0).reshape(1, 2, 3, 4).contiguous(
+        memory_format=torch.channels_last)
+    state["parameter"] = torch.nn.Parameter(torch.full((2, 2), 1.5))
+    # What Module.state_dict() attaches; it makes the pickle BUILD the dict.
+    state._metadata = collections.OrderedDict([("", {"version": 1})])
+    assert state["transposed"].storage().data_ptr() == m.storage().data_ptr()
+    assert state["slice"].storage_offset() == 4 and state["slice"].stride() == (4, 2)
+    return state
+
+
+def write_formats(out):
+    state = formats_state()
+    torch.save(state, os.path.join(out, "formats.pth"))
+    torch.save(state, os.path.join(out, "formats_protocol4.pth"), pickle_protocol=4)
+    torch.save({"weight": torch.ones(2)}, os.path.join(out, "legacy.pth"),
+               _use_new_zipfile_serialization=False)
+
+
+def main():
+    if len(sys.argv) != 3 or sys.argv[2] not in ("vgg", "formats"):
+        sys.exit(__doc__)
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    (write_vgg if sys.argv[2] == "vgg" else write_formats)(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+// A whole (tiny) training run: files of a run directory, finite losses, and
+// a resume from a checkpoint that lands on the same parameters as a run that
+// never stopped.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <opencv2/imgcodecs.hpp>
+#include <random>
+#include <torch/torch.h>
+
+#include "trainer/trainer.h"
+
+namespace atelier::trainer {
+namespace {
+namespace fs = std::filesystem;
+
+// Writes `count` 48x40 images with smooth colour patterns into `dir`.
+void write_images(const fs::path& dir, int count, int seed) {
+  fs::create_directories(dir);
+  std::mt19937 rng(seed);
+  for (int i = 0; i < count; ++i) {
+    cv::Mat img(40, 48, CV_8UC3);
+    const int a = static_cast<int>(rng() % 7 + 1), b = static_cast<int>(rng() % 5 + 1);
+    for (int y = 0; y < img.rows; ++y)
+      for (int x = 0; x < img.cols; ++x)
+        img.at<cv::Vec3b>(y, x) = cv::Vec3b(static_cast<uchar>((x * a) % 256), static_cast<uchar>((y * b * 3) % 256),
+                                            static_cast<uchar>(((x + y) * (a + b)) % 256));
+    cv::imwrite((dir / ("img" + std::to_string(i) + ".png")).string(), img);
+  }
+}
+
+class TinyRun : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root = fs::temp_directory_path() / ("atelier-train-" + std::to_string(std::random_device{}()));
+    write_images(root / "content", 5, 1);
+    write_images(root / "style", 3, 2);
+  }
+  void TearDown() override { fs::remove_all(root); }
+
+  Config tiny(const std::string& name, int64_t steps) const {
+    Config c;
+    c.run = {name, (root / "runs").string(), "warn"};
+    c.model.generator.encoder.width = 4;
+    c.model.generator.decoder.width = 4;
+    c.model.discriminator.width = 4;
+    c.data.content = {(root / "content").string()};
+    c.data.style = {(root / "style").string()};
+    c.data.augment = {40, 32, true};
+    c.data.workers = 2;
+    c.train.steps = steps;
+    c.train.batch_size = 2;
+    c.train.threads = 1;
+    c.train.log_every = 5;
+    c.train.sample_every = 10;
+    c.train.sample_count = 2;
+    c.checkpoint.every_steps = 10;
+    return c;
+  }
+
+  // Parameters of a checkpoint's generator and discriminator, by name.
+  std::map<std::string, torch::Tensor> parameters(const Config& c, const fs::path& ckpt) const {
+    models::AdaINGenerator g(c.model.generator);
+    models::PatchDiscriminator d(c.model.discriminator);
+    torch::load(g, (ckpt / "generator.pt").string());
+    torch::load(d, (ckpt / "discriminator.pt").string());
+    std::map<std::string, torch::Tensor> out;
+    for (const auto& p : g->named_parameters()) out["G." + p.key()] = p.value();
+    for (const auto& p : d->named_parameters()) out["D." + p.key()] = p.value();
+    return out;
+  }
+
+  fs::path root;
+};
+
+int count_lines(const fs::path& path) {
+  std::ifstream in(path);
+  int n = 0;
+  for (std::string line; std::getline(in, line);) ++n;
+  return n;
+}
+
+TEST_F(TinyRun, TwentyStepsWriteEveryRunFileWithFiniteLosses) {
+  const auto c = tiny("full", 20);
+  const auto result = train(c, "train:\n  steps: 20\n", false);
+  EXPECT_EQ(result.last_step, 20);
+  EXPECT_TRUE(std::isfinite(result.loss_g));
+  EXPECT_TRUE(std::isfinite(result.loss_d));
+  const fs::path run = result.run_dir;
+  EXPECT_TRUE(fs::exists(run / "config.yaml"));
+  EXPECT_TRUE(fs::exists(run / "log.txt"));
+  EXPECT_EQ(count_lines(run / "metrics.jsonl"), 20);
+  EXPECT_TRUE(fs::exists(run / "samples" / "step-000010.png"));
+  EXPECT_TRUE(fs::exists(run / "samples" / "step-000020.png"));
+  EXPECT_FALSE(fs::is_empty(run / "tb"));
+  EXPECT_TRUE(fs::exists(run / "checkpoints" / "step-10" / "manifest.json"));
+  std::ifstream saved_config(run / "checkpoints" / "step-10" / "config.yaml");
+  std::string first_line;
+  std::getline(saved_config, first_line);
+  EXPECT_EQ(first_line, "train:");
+  EXPECT_EQ(result.checkpoint, (run / "checkpoints" / "step-20").string());
+}
+
+TEST_F(TinyRun, ResumedRunEndsWithTheSameParametersAsAnUninterruptedOne) {
+  const auto full = train(tiny("full", 20), "a", false);
+  train(tiny("split", 10), "b", false);
+  const auto resumed = train(tiny("split", 20), "b", true);
+  EXPECT_EQ(resumed.first_step, 10);
+  EXPECT_EQ(resumed.last_step, 20);
+  const auto expected = parameters(tiny("full", 20), full.checkpoint);
+  const auto actual = parameters(tiny("split", 20), resumed.checkpoint);
+  ASSERT_EQ(expected.size(), actual.size());
+  for (const auto& [name, value] : expected) EXPECT_TRUE(torch::equal(value, actual.at(name))) << name;
+  // The resumed run appends to the same metrics file.
+  EXPECT_EQ(count_lines(fs::path(resumed.run_dir) / "metrics.jsonl"), 20);
+}
+
+TEST_F(TinyRun, ExistingCheckpointsWithoutResumeAreRefused) {
+  train(tiny("once", 10), "x", false);
+  EXPECT_THROW(train(tiny("once", 10), "x", false), TrainError);
+}
+
+TEST_F(TinyRun, ResumeWithoutCheckpointIsAnError) {
+  EXPECT_THROW(train(tiny("never", 10), "x", true), TrainError);
+}
+
+TEST_F(TinyRun, MissingDataFolderIsAnErrorNamingIt) {
+  auto c = tiny("nodata", 5);
+  c.data.content = {(root / "missing").string()};
+  try {
+    train(c, "x", false);
+    FAIL() << "no error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
+  }
+}
+
+TEST(LearningRate, LinearScheduleDecaysFromDecayStartToZero) {
+  OptimConfig o;
+  EXPECT_EQ(lr_factor(o, 50, 100), 1.0);
+  o.schedule = Schedule::Linear;
+  o.decay_start = 60;
+  EXPECT_EQ(lr_factor(o, 59, 100), 1.0);
+  EXPECT_DOUBLE_EQ(lr_factor(o, 60, 100), 1.0);
+  EXPECT_DOUBLE_EQ(lr_factor(o, 80, 100), 0.5);
+  EXPECT_NEAR(lr_factor(o, 99, 100), 1.0 / 40, 1e-12);
+}
+
+}  // namespace
+}  // namespace atelier::trainer

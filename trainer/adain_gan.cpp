@@ -1,0 +1,106 @@
+#include "trainer/adain_gan.h"
+
+namespace atelier::trainer {
+namespace fs = std::filesystem;
+
+namespace {
+
+torch::optim::AdamOptions adam(double lr, const OptimConfig& optim) {
+  return torch::optim::AdamOptions(lr).betas(std::make_tuple(optim.beta1, optim.beta2));
+}
+
+void clip(const std::vector<torch::Tensor>& parameters, double max_norm) {
+  if (max_norm > 0) torch::nn::utils::clip_grad_norm_(parameters, max_norm);
+}
+
+}  // namespace
+
+double lr_factor(const OptimConfig& optim, int64_t step, int64_t total) {
+  if (optim.schedule == Schedule::Constant || step < optim.decay_start) return 1.0;
+  // Linear decay from 1 at decay_start to 0 after the last step, as in
+  // CycleGAN's "linear" policy.
+  const double span = static_cast<double>(total - optim.decay_start);
+  return std::max(0.0, 1.0 - static_cast<double>(step - optim.decay_start) / span);
+}
+
+AdaINGAN::AdaINGAN(const Config& config) : config_(config) {
+  generator = models::AdaINGenerator(config.model.generator);
+  discriminator = models::PatchDiscriminator(config.model.discriminator);
+  optimizer_g_ = std::make_unique<torch::optim::Adam>(generator->trainable_parameters(),
+                                                      adam(config.optim.lr_g, config.optim));
+  optimizer_d_ = std::make_unique<torch::optim::Adam>(discriminator->parameters(),
+                                                      adam(config.optim.lr_d, config.optim));
+}
+
+void AdaINGAN::set_lr(double scale) {
+  for (auto& group : optimizer_g_->param_groups())
+    static_cast<torch::optim::AdamOptions&>(group.options()).lr(config_.optim.lr_g * scale);
+  for (auto& group : optimizer_d_->param_groups())
+    static_cast<torch::optim::AdamOptions&>(group.options()).lr(config_.optim.lr_d * scale);
+}
+
+StepLosses AdaINGAN::step(const torch::Tensor& content, const torch::Tensor& style, double lr_scale) {
+  const auto& loss = config_.loss;
+  set_lr(lr_scale);
+  generator->train();
+  discriminator->train();
+
+  // The encoder is frozen: its features of the inputs are constants, computed
+  // once and shared by AdaIN, the content target and the style loss.
+  std::vector<torch::Tensor> style_features;
+  torch::Tensor target;
+  {
+    torch::NoGradGuard no_grad;
+    style_features = generator->encoder->forward_features(style);
+    target = models::adain(generator->encoder->forward(content), style_features.back());
+  }
+  const auto fake = generator->decoder->forward(target);
+
+  // Discriminator: real style images against detached stylised ones.
+  optimizer_d_->zero_grad();
+  auto loss_d = models::discriminator_loss(loss.adversarial, discriminator->forward(style),
+                                           discriminator->forward(fake.detach()));
+  loss_d.backward();
+  clip(discriminator->parameters(), config_.optim.grad_clip);
+  optimizer_d_->step();
+
+  // Generator: fool D, keep the content, match the style statistics.
+  optimizer_g_->zero_grad();
+  const auto adv = models::generator_adversarial_loss(loss.adversarial, discriminator->forward(fake));
+  const auto output_features = generator->encoder->forward_features(fake);
+  const auto content_term = models::content_loss(output_features.back(), target);
+  const auto style_term = models::style_loss(output_features, style_features, loss.style_statistics);
+  const auto tv = models::total_variation_loss(fake);
+  auto loss_g = loss.adversarial_weight * adv + loss.content_weight * content_term +
+                loss.style_weight * style_term + loss.tv_weight * tv;
+  loss_g.backward();
+  clip(generator->trainable_parameters(), config_.optim.grad_clip);
+  optimizer_g_->step();
+
+  return {loss_d.item<double>(),       loss_g.item<double>(),     adv.item<double>(),
+          content_term.item<double>(), style_term.item<double>(), tv.item<double>()};
+}
+
+torch::Tensor AdaINGAN::stylize(const torch::Tensor& content, const torch::Tensor& style) {
+  torch::NoGradGuard no_grad;
+  generator->eval();
+  auto out = generator->forward(content, style);
+  generator->train();
+  return out;
+}
+
+void AdaINGAN::save(const fs::path& dir) {
+  torch::save(generator, (dir / "generator.pt").string());
+  torch::save(discriminator, (dir / "discriminator.pt").string());
+  torch::save(*optimizer_g_, (dir / "optimizer_g.pt").string());
+  torch::save(*optimizer_d_, (dir / "optimizer_d.pt").string());
+}
+
+void AdaINGAN::load(const fs::path& dir) {
+  torch::load(generator, (dir / "generator.pt").string());
+  torch::load(discriminator, (dir / "discriminator.pt").string());
+  torch::load(*optimizer_g_, (dir / "optimizer_g.pt").string());
+  torch::load(*optimizer_d_, (dir / "optimizer_d.pt").string());
+}
+
+}  // namespace atelier::trainer

@@ -1,0 +1,50 @@
+// The AdaIN-GAN training step and its state: generator, discriminator and
+// their Adam optimisers. Private to trainer/.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+
+#include "trainer/trainer.h"
+
+namespace atelier::trainer {
+
+struct StepLosses {
+  double d = 0;        // discriminator loss
+  double g = 0;        // total generator loss
+  double adv = 0;      // generator adversarial term (unweighted)
+  double content = 0;  // content term (unweighted)
+  double style = 0;    // style term (unweighted)
+  double tv = 0;       // total-variation term (unweighted)
+};
+
+class AdaINGAN {
+ public:
+  // Builds the networks and optimisers; weights come from the global torch
+  // RNG, which the caller seeds.
+  explicit AdaINGAN(const Config& config);
+
+  // One discriminator update, then one generator update, at learning rates
+  // scaled by `lr_scale`.
+  StepLosses step(const torch::Tensor& content, const torch::Tensor& style, double lr_scale);
+
+  // Stylised images for samples, without gradients.
+  torch::Tensor stylize(const torch::Tensor& content, const torch::Tensor& style);
+
+  // Networks and optimiser moments as generator.pt, discriminator.pt,
+  // optimizer_g.pt, optimizer_d.pt in `dir`.
+  void save(const std::filesystem::path& dir);
+  void load(const std::filesystem::path& dir);
+
+  models::AdaINGenerator generator{nullptr};
+  models::PatchDiscriminator discriminator{nullptr};
+
+ private:
+  void set_lr(double scale);
+
+  Config config_;
+  std::unique_ptr<torch::optim::Adam> optimizer_g_;
+  std::unique_ptr<torch::optim::Adam> optimizer_d_;
+};
+
+}  // namespace atelier::trainer

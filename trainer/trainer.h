@@ -1,0 +1,111 @@
+// trainer/ — the training loop: configuration structs, the AdaIN-GAN step,
+// metrics, TensorBoard, samples and checkpoints of a run directory.
+#pragma once
+
+#include "data/data.h"
+#include "models/models.h"
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace atelier::trainer {
+
+// ---------------------------------------------------------------------------
+// Configuration: one struct per concern, filled and validated by launcher/
+// from YAML; the defaults here are the documented defaults.
+
+struct RunOptions {
+  std::string name = "demo";       // run directory is <dir>/<name>
+  std::string dir = "runs";        // parent of run directories
+  std::string log_level = "info";  // trace|debug|info|warn|error
+};
+
+struct ModelConfig {
+  std::string family = "adain";                // the model trained (adain)
+  models::GeneratorOptions generator;          // encoder + decoder
+  models::DiscriminatorOptions discriminator;  // PatchGAN
+};
+
+struct DataConfig {
+  std::vector<std::string> content;  // folders or files of content images
+  std::vector<std::string> style;    // folders or files of style images
+  data::AugmentOptions augment;      // load_size, crop_size (= training image size), flip
+  int64_t workers = 2;               // decode threads
+  int64_t prefetch = 4;              // batches decoded ahead
+};
+
+struct LossConfig {
+  models::Adversarial adversarial = models::Adversarial::BCE;
+  models::StyleStatistics style_statistics = models::StyleStatistics::MeanStd;
+  double adversarial_weight = 1.0;  // lambda_adv
+  double content_weight = 1.0;      // lambda_c
+  double style_weight = 10.0;       // lambda_s
+  double tv_weight = 0.0;           // lambda_tv
+};
+
+enum class Schedule { Constant, Linear };
+
+struct OptimConfig {
+  double lr_g = 2e-4;    // Adam learning rate of the generator (decoder)
+  double lr_d = 2e-4;    // Adam learning rate of the discriminator
+  double beta1 = 0.5;    // Adam beta1 (GAN practice, not Adam's 0.9)
+  double beta2 = 0.999;  // Adam beta2
+  Schedule schedule = Schedule::Constant;
+  int64_t decay_start = 0;  // Linear: constant until this step, then linear to 0 at train.steps
+  double grad_clip = 0.0;   // max global gradient norm per network; 0 = off
+};
+
+struct TrainOptions {
+  int64_t steps = 300;       // optimisation steps (one D and one G update each)
+  int64_t batch_size = 4;    // images per step
+  int64_t threads = 2;       // LibTorch intra-op threads
+  uint64_t seed = 0;         // weights, data order and augmentation derive from it
+  int64_t log_every = 10;    // a log line (and TensorBoard scalars) every N steps
+  int64_t sample_every = 100;  // a sample grid every N steps (and at the end)
+  int64_t sample_count = 4;  // (content, style) pairs in a sample grid
+};
+
+struct CheckpointOptions {
+  int64_t every_steps = 100;  // a checkpoint every N steps (and at the end)
+  int64_t keep = 3;           // newest checkpoints kept; older ones are deleted
+};
+
+struct Config {
+  RunOptions run;
+  ModelConfig model;
+  DataConfig data;
+  LossConfig loss;
+  OptimConfig optim;
+  TrainOptions train;
+  CheckpointOptions checkpoint;
+};
+
+// Learning-rate factor at `step` (0-based) of `total` steps.
+double lr_factor(const OptimConfig& optim, int64_t step, int64_t total);
+
+// ---------------------------------------------------------------------------
+// Running
+
+struct TrainError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct TrainResult {
+  std::string run_dir;        // runs/<name>
+  int64_t first_step = 0;     // 0, or the step a resume started from
+  int64_t last_step = 0;      // steps completed
+  double loss_g = 0.0;        // generator loss of the last step
+  double loss_d = 0.0;        // discriminator loss of the last step
+  std::string checkpoint;     // the final checkpoint directory
+};
+
+// Trains the configured model in <run.dir>/<run.name>: writes config.yaml
+// (the given resolved YAML), log.txt, metrics.jsonl, tb/, samples/ and
+// checkpoints/. With `resume`, continues from checkpoints/LATEST (an error
+// if there is none); without it, an existing checkpoint is an error so that
+// a run is never silently overwritten.
+TrainResult train(const Config& config, const std::string& resolved_yaml, bool resume);
+
+}  // namespace atelier::trainer
