@@ -2,7 +2,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: deps build demo test clean
+.PHONY: deps configure build demo test clean
 
 deps:
 	./scripts/install-deps.sh
@@ -10,10 +10,14 @@ deps:
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
 
-build: deps $(BUILD)/CMakeCache.txt
+configure: deps $(BUILD)/CMakeCache.txt
+
+build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-demo: build
+# The demo needs only the binary, not the test suites.
+demo: configure
+	cmake --build $(BUILD) -j $(JOBS) --target atelier
 	./scripts/demo.sh $(BUILD)/atelier
 
 test: build

@@ -172,7 +172,7 @@ Manifest read_manifest(const fs::path& checkpoint_dir) {
   }
 }
 
-void verify(const fs::path& checkpoint_dir) {
+void verify(const fs::path& checkpoint_dir, Check check) {
   const auto manifest = read_manifest(checkpoint_dir);
   for (const auto& f : manifest.files) {
     const auto path = checkpoint_dir / f.name;
@@ -181,17 +181,24 @@ void verify(const fs::path& checkpoint_dir) {
     if (size != f.size)
       throw CheckpointError("checkpoint file '" + path.string() + "' has " + std::to_string(size) +
                             " bytes; the manifest says " + std::to_string(f.size));
-    if (file_crc32c(path) != f.crc32c)
+    if (check == Check::Checksums && file_crc32c(path) != f.crc32c)
       throw CheckpointError("checkpoint file '" + path.string() + "' fails its CRC-32C check");
   }
 }
 
-std::optional<fs::path> latest(const fs::path& checkpoints_dir) {
-  std::vector<fs::path> candidates;
+std::vector<fs::path> list(const fs::path& checkpoints_dir) { return checkpoints_newest_first(checkpoints_dir); }
+
+std::optional<fs::path> named_latest(const fs::path& checkpoints_dir) {
   std::ifstream latest_file(checkpoints_dir / kLatest);
   std::string named;
   if (latest_file >> named && step_of(named) >= 0 && fs::is_directory(checkpoints_dir / named))
-    candidates.push_back(checkpoints_dir / named);
+    return checkpoints_dir / named;
+  return std::nullopt;
+}
+
+std::optional<fs::path> latest(const fs::path& checkpoints_dir) {
+  std::vector<fs::path> candidates;
+  if (auto named = named_latest(checkpoints_dir)) candidates.push_back(*named);
   for (const auto& dir : checkpoints_newest_first(checkpoints_dir))
     if (candidates.empty() || dir != candidates.front()) candidates.push_back(dir);
   for (const auto& dir : candidates) {
@@ -207,11 +214,10 @@ std::optional<fs::path> latest(const fs::path& checkpoints_dir) {
 
 void retain(const fs::path& checkpoints_dir, int64_t keep) {
   if (!fs::is_directory(checkpoints_dir)) return;
-  std::string named;
-  std::ifstream(checkpoints_dir / kLatest) >> named;
+  const auto named = named_latest(checkpoints_dir);
   int64_t kept = 0;
   for (const auto& dir : checkpoints_newest_first(checkpoints_dir)) {
-    if (dir.filename() == named || kept < keep) {
+    if (dir == named || kept < keep) {
       ++kept;
       continue;
     }

@@ -59,9 +59,19 @@ std::filesystem::path save(const std::filesystem::path& checkpoints_dir, const C
 // Reads manifest.json of a checkpoint directory.
 Manifest read_manifest(const std::filesystem::path& checkpoint_dir);
 
-// Re-reads every file of the manifest and compares size and CRC-32C; throws
-// CheckpointError naming the first file that differs or is missing.
-void verify(const std::filesystem::path& checkpoint_dir);
+// How deeply verify() looks: sizes only (a directory listing, instant), or
+// sizes and CRC-32C of every byte.
+enum class Check { Sizes, Checksums };
+
+// Compares every file of the manifest with the disk; throws CheckpointError
+// naming the first file that differs or is missing.
+void verify(const std::filesystem::path& checkpoint_dir, Check check = Check::Checksums);
+
+// The step-<N> directories under checkpoints_dir, newest first.
+std::vector<std::filesystem::path> list(const std::filesystem::path& checkpoints_dir);
+
+// The directory LATEST names, if LATEST exists and names a step-<N> directory.
+std::optional<std::filesystem::path> named_latest(const std::filesystem::path& checkpoints_dir);
 
 // The newest checkpoint that verifies: LATEST first, then the other step-*
 // directories newest first (a corrupt one is skipped with a warning).

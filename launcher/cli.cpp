@@ -1,20 +1,17 @@
 // The `atelier` command line (CLI11). Errors from the libraries become one
 // clear message and an exit code here, and nowhere else.
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 
 #include "checkpoint/checkpoint.h"
+#include "launcher/commands.h"
 #include "launcher/launcher.h"
 
 namespace atelier::launcher {
 namespace {
-
-// Exit codes, documented in the README.
-constexpr int kExitFailure = 1;  // the job failed while running
-constexpr int kExitUsage = 2;    // bad command line or configuration
 
 // Rank for log prefixes, from whichever launcher started us.
 int env_rank() {
@@ -23,32 +20,12 @@ int env_rank() {
   return 0;
 }
 
-void set_up_logging(const std::string& level) {
-  spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [rank " + std::to_string(env_rank()) + "] [%^%l%$] %v");
-  spdlog::set_level(spdlog::level::from_str(level));
-}
-
 struct TrainArgs {
   std::string config_path;
   std::vector<std::string> overrides;
   bool resume = false;
   bool print_config = false;
 };
-
-CLI::App* add_train(CLI::App& app, TrainArgs& args) {
-  auto* cmd = app.add_subcommand("train", "Train a style-transfer GAN in <run.dir>/<run.name>");
-  cmd->add_option("-c,--config", args.config_path,
-                  "YAML configuration (default: the embedded configs/demo.yaml)")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--set", args.overrides, "Override one key, e.g. --set train.steps=50 (repeatable)")
-      ->type_name("KEY=VALUE")
-      ->expected(1)
-      ->take_all();
-  cmd->add_flag("--resume", args.resume, "Continue from <run>/checkpoints/LATEST");
-  cmd->add_flag("--print-config", args.print_config, "Print the resolved configuration and exit");
-  cmd->footer("Configuration keys (YAML sections; each can be --set):\n" + describe_config_keys());
-  return cmd;
-}
 
 int run_train(const TrainArgs& args) {
   const auto config = load_config(args.config_path, args.overrides);
@@ -72,20 +49,39 @@ int run_train(const TrainArgs& args) {
 
 }  // namespace
 
+void set_up_logging(const std::string& level) {
+  spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [rank " + std::to_string(env_rank()) + "] [%^%l%$] %v");
+  spdlog::set_level(spdlog::level::from_str(level));
+}
+
+void add_train_command(CLI::App& app, int& exit_code) {
+  auto args = std::make_shared<TrainArgs>();
+  auto* cmd = app.add_subcommand("train", "Train a style-transfer GAN in <run.dir>/<run.name>");
+  cmd->add_option("-c,--config", args->config_path,
+                  "YAML configuration (default: the embedded configs/demo.yaml)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--set", args->overrides, "Override one key, e.g. --set train.steps=50 (repeatable)")
+      ->type_name("KEY=VALUE")
+      ->expected(1)
+      ->take_all();
+  cmd->add_flag("--resume", args->resume, "Continue from <run>/checkpoints/LATEST");
+  cmd->add_flag("--print-config", args->print_config, "Print the resolved configuration and exit");
+  cmd->footer("Configuration keys (YAML sections; each can be --set):\n" + describe_config_keys());
+  cmd->callback([args, &exit_code] { exit_code = run_train(*args); });
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"atelier: train style-transfer GANs data-parallel, resume exactly, explain what they learned"};
   app.require_subcommand(1);
   app.set_version_flag("--version", checkpoint::atelier_version());
-  TrainArgs train_args;
-  auto* train_cmd = add_train(app, train_args);
+  int exit_code = kExitUsage;
+  add_train_command(app, exit_code);
+  add_checkpoints_command(app, exit_code);
   set_up_logging("info");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
-  }
-  try {
-    if (train_cmd->parsed()) return run_train(train_args);
   } catch (const ConfigError& e) {
     spdlog::error("configuration: {}", e.what());
     return kExitUsage;
@@ -93,7 +89,7 @@ int run(int argc, char** argv) {
     spdlog::error("{}", e.what());
     return kExitFailure;
   }
-  return kExitUsage;
+  return exit_code;
 }
 
 }  // namespace atelier::launcher

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "launcher/launcher.h"
+#include "tests/launcher/run_atelier.h"
 
 namespace atelier::launcher {
 namespace {
@@ -87,21 +88,6 @@ TEST(Config, DumpedConfigParsesBackToTheSameConfig) {
   EXPECT_EQ(dump_config(parse_config(yaml, {})), yaml);
   EXPECT_NE(yaml.find("steps: 11"), std::string::npos);
   EXPECT_NE(yaml.find("adversarial: hinge"), std::string::npos);
-}
-
-struct Ran {
-  int status;
-  std::string output;
-};
-
-// Runs the atelier binary with `args`, stdout and stderr together.
-Ran run_atelier(const std::string& args) {
-  const std::string cmd = std::string(ATELIER_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string output;
-  char buf[512];
-  while (fgets(buf, sizeof buf, pipe)) output += buf;
-  return {WEXITSTATUS(pclose(pipe)), output};
 }
 
 // The binary turns a configuration error into exit code 2 and a message.

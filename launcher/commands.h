@@ -1,0 +1,23 @@
+// The subcommands of `atelier`, one file each. Private to launcher/.
+//
+// Each add_*_command registers its subcommand and options on `app`; when the
+// subcommand is parsed, its callback runs it and stores its exit code in
+// `exit_code`. Errors are thrown, and turned into a message and an exit code
+// in one place (run() in cli.cpp).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace atelier::launcher {
+
+// Exit codes, documented in the README.
+constexpr int kExitFailure = 1;  // the job failed while running
+constexpr int kExitUsage = 2;    // bad command line or configuration
+
+void add_train_command(CLI::App& app, int& exit_code);
+void add_checkpoints_command(CLI::App& app, int& exit_code);
+
+// Logging pattern with this process's rank, at `level`.
+void set_up_logging(const std::string& level);
+
+}  // namespace atelier::launcher
