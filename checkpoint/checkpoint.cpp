@@ -186,6 +186,15 @@ void verify(const fs::path& checkpoint_dir, Check check) {
   }
 }
 
+bool verifies(const fs::path& checkpoint_dir, Check check) {
+  try {
+    verify(checkpoint_dir, check);
+    return true;
+  } catch (const CheckpointError&) {
+    return false;
+  }
+}
+
 std::vector<fs::path> list(const fs::path& checkpoints_dir) { return checkpoints_newest_first(checkpoints_dir); }
 
 std::optional<fs::path> named_latest(const fs::path& checkpoints_dir) {
@@ -212,17 +221,23 @@ std::optional<fs::path> latest(const fs::path& checkpoints_dir) {
   return std::nullopt;
 }
 
-void retain(const fs::path& checkpoints_dir, int64_t keep) {
+void retain(const fs::path& checkpoints_dir, int64_t keep, int64_t keep_every) {
   if (!fs::is_directory(checkpoints_dir)) return;
   const auto named = named_latest(checkpoints_dir);
-  int64_t kept = 0;
-  for (const auto& dir : checkpoints_newest_first(checkpoints_dir)) {
-    if (dir == named || kept < keep) {
-      ++kept;
-      continue;
-    }
-    fs::remove_all(dir);
+  const auto all = checkpoints_newest_first(checkpoints_dir);
+  std::vector<bool> kept(all.size(), false);
+  bool a_kept_one_verifies = false;
+  for (size_t i = 0; i < all.size(); ++i) {
+    const int64_t step = step_of(all[i]);
+    kept[i] = all[i] == named || static_cast<int64_t>(i) < keep || (keep_every > 0 && step % keep_every == 0);
+    if (kept[i] && !a_kept_one_verifies) a_kept_one_verifies = verifies(all[i], Check::Sizes);
   }
+  // Should every kept checkpoint be damaged, the newest intact one is the
+  // run's only way back: it stays whatever the policy says.
+  for (size_t i = 0; i < all.size() && !a_kept_one_verifies; ++i)
+    if (!kept[i] && verifies(all[i], Check::Sizes)) kept[i] = a_kept_one_verifies = true;
+  for (size_t i = 0; i < all.size(); ++i)
+    if (!kept[i]) fs::remove_all(all[i]);
   for (const auto& entry : fs::directory_iterator(checkpoints_dir))
     if (entry.path().filename().string().rfind(kStagingPrefix, 0) == 0) fs::remove_all(entry.path());
 }

@@ -67,6 +67,9 @@ enum class Check { Sizes, Checksums };
 // naming the first file that differs or is missing.
 void verify(const std::filesystem::path& checkpoint_dir, Check check = Check::Checksums);
 
+// verify() as a yes/no answer.
+bool verifies(const std::filesystem::path& checkpoint_dir, Check check = Check::Checksums);
+
 // The step-<N> directories under checkpoints_dir, newest first.
 std::vector<std::filesystem::path> list(const std::filesystem::path& checkpoints_dir);
 
@@ -78,9 +81,11 @@ std::optional<std::filesystem::path> named_latest(const std::filesystem::path& c
 // std::nullopt when there is none.
 std::optional<std::filesystem::path> latest(const std::filesystem::path& checkpoints_dir);
 
-// Deletes all but the newest `keep` complete checkpoints (and leftover
-// staging directories); never the one LATEST names.
-void retain(const std::filesystem::path& checkpoints_dir, int64_t keep);
+// Deletes checkpoints the policy does not keep, and leftover staging
+// directories. Kept: the one LATEST names, the newest `keep`, every step that
+// is a multiple of `keep_every` (when > 0), and — should all of those be
+// damaged — the newest one that still verifies.
+void retain(const std::filesystem::path& checkpoints_dir, int64_t keep, int64_t keep_every = 0);
 
 // CRC-32C (Castagnoli) of a file's bytes.
 uint32_t file_crc32c(const std::filesystem::path& path);

@@ -112,5 +112,27 @@ TEST_F(CheckpointDir, RetainKeepsTheNewestAndRemovesStaging) {
   EXPECT_FALSE(fs::exists(dir / ".staging-step-9"));
 }
 
+TEST_F(CheckpointDir, RetainAlsoKeepsEveryKeepEveryStep) {
+  for (int step : {100, 200, 300, 400, 500}) save_step(step, "x");
+  retain(dir, 1, 200);
+  EXPECT_FALSE(fs::exists(dir / "step-100"));
+  EXPECT_TRUE(fs::exists(dir / "step-200"));
+  EXPECT_FALSE(fs::exists(dir / "step-300"));
+  EXPECT_TRUE(fs::exists(dir / "step-400"));
+  EXPECT_TRUE(fs::exists(dir / "step-500"));
+}
+
+TEST_F(CheckpointDir, RetainNeverDeletesTheOnlyIntactCheckpoint) {
+  save_step(1, "intact");
+  save_step(2, "damaged");
+  save_step(3, "damaged");
+  for (int step : {2, 3}) fs::remove(dir / ("step-" + std::to_string(step)) / "weights.bin");
+  retain(dir, 1);
+  EXPECT_TRUE(fs::exists(dir / "step-1"));  // the run's only way back
+  EXPECT_FALSE(fs::exists(dir / "step-2"));
+  EXPECT_TRUE(fs::exists(dir / "step-3"));  // newest and LATEST: kept by policy
+  EXPECT_EQ(latest(dir), dir / "step-1");
+}
+
 }  // namespace
 }  // namespace atelier::checkpoint
