@@ -186,6 +186,20 @@ void verify(const fs::path& checkpoint_dir, Check check) {
   }
 }
 
+fs::path resolve(const fs::path& path) {
+  if (fs::is_regular_file(path / kManifest)) return path;
+  if (fs::is_directory(path)) {
+    const auto dir = fs::is_directory(path / "checkpoints") ? path / "checkpoints" : path;
+    if (auto found = latest(dir)) return *found;
+    throw CheckpointError("'" + path.string() + "' holds no complete checkpoint");
+  }
+  if (path.filename() == kLatest && fs::is_regular_file(path)) {
+    if (auto named = named_latest(path.parent_path())) return *named;
+    throw CheckpointError("'" + path.string() + "' does not name a checkpoint directory beside it");
+  }
+  throw CheckpointError("checkpoint '" + path.string() + "' does not exist");
+}
+
 bool verifies(const fs::path& checkpoint_dir, Check check) {
   try {
     verify(checkpoint_dir, check);

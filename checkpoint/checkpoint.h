@@ -67,6 +67,11 @@ enum class Check { Sizes, Checksums };
 // naming the first file that differs or is missing.
 void verify(const std::filesystem::path& checkpoint_dir, Check check = Check::Checksums);
 
+// What a user may name as "the checkpoint": a step-<N> directory itself, a
+// LATEST file (the directory it names), or a run or checkpoints/ directory
+// (its newest verified checkpoint). Throws CheckpointError naming the path.
+std::filesystem::path resolve(const std::filesystem::path& path);
+
 // verify() as a yes/no answer.
 bool verifies(const std::filesystem::path& checkpoint_dir, Check check = Check::Checksums);
 

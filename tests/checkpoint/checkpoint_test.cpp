@@ -134,5 +134,20 @@ TEST_F(CheckpointDir, RetainNeverDeletesTheOnlyIntactCheckpoint) {
   EXPECT_EQ(latest(dir), dir / "step-1");
 }
 
+TEST_F(CheckpointDir, ResolveAcceptsStepDirLatestFileAndRunDir) {
+  save_step(1, "a");
+  save_step(2, "b");
+  EXPECT_EQ(resolve(dir / "step-1"), dir / "step-1");
+  EXPECT_EQ(resolve(dir / "LATEST"), dir / "step-2");
+  EXPECT_EQ(resolve(dir), dir / "step-2");
+  EXPECT_EQ(resolve(dir.parent_path() / dir.filename()), dir / "step-2");
+  try {
+    resolve(dir / "step-7");
+    FAIL() << "no error";
+  } catch (const CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find("step-7"), std::string::npos);
+  }
+}
+
 }  // namespace
 }  // namespace atelier::checkpoint
