@@ -16,6 +16,7 @@ constexpr int kExitUsage = 2;    // bad command line or configuration
 
 void add_train_command(CLI::App& app, int& exit_code);
 void add_checkpoints_command(CLI::App& app, int& exit_code);
+void add_explain_command(CLI::App& app, int& exit_code);
 
 // Logging pattern with this process's rank, at `level`.
 void set_up_logging(const std::string& level);

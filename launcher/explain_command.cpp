@@ -1,0 +1,118 @@
+// `atelier explain --checkpoint ... --content ... --style ... --out DIR`:
+// rebuild the checkpoint's networks from its own config.yaml and explain
+// every (content, style) pair (explain/ does the work).
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "explain/explain.h"
+#include "launcher/commands.h"
+#include "launcher/launcher.h"
+
+namespace atelier::launcher {
+namespace {
+namespace fs = std::filesystem;
+
+struct ExplainArgs {
+  std::string checkpoint;
+  std::vector<std::string> content;
+  std::vector<std::string> style;
+  std::string out;
+  int64_t size = 0;  // 0: the checkpoint's training crop size
+  std::vector<std::string> methods;
+  int64_t threads = 2;
+};
+
+std::string allowed_methods() {
+  std::string list;
+  for (const auto& m : explain::method_names()) list += (list.empty() ? "" : ", ") + m;
+  return list;
+}
+
+// The configuration the checkpoint was trained with, which shapes its
+// networks. model.vgg_weights is cleared: the checkpoint holds the encoder's
+// weights itself, and the .pth it came from may not exist here.
+trainer::Config trained_config(const fs::path& dir) {
+  const fs::path file = dir / "config.yaml";
+  std::ifstream in(file);
+  if (!in) throw std::runtime_error("checkpoint has no readable config.yaml: '" + file.string() + "'");
+  std::ostringstream text;
+  text << in.rdbuf();
+  try {
+    return parse_config(text.str(), {"model.vgg_weights="}, file.string());
+  } catch (const ConfigError& e) {
+    // A damaged checkpoint is a failed job (exit 1), not a bad command line.
+    throw std::runtime_error(std::string("checkpoint configuration unusable: ") + e.what());
+  }
+}
+
+// Under mpirun every rank would redo every pair and race on the same files;
+// until the pair split over comm/ lands, only rank 0 works.
+bool other_rank() {
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  return rank && std::atoi(rank) > 0;
+}
+
+int run_explain(const ExplainArgs& args) {
+  for (const auto& m : args.methods)
+    if (std::find(explain::method_names().begin(), explain::method_names().end(), m) == explain::method_names().end())
+      throw ConfigError("--methods: unknown explanation method '" + m + "' (allowed: " + allowed_methods() + ")");
+  if (other_rank()) {
+    spdlog::info("explain runs on rank 0 only; this rank has nothing to do");
+    return 0;
+  }
+  const fs::path dir = explain::resolve_checkpoint(args.checkpoint);
+  const auto config = trained_config(dir);
+  if (config.model.family != "adain")
+    throw std::runtime_error("checkpoint '" + dir.string() + "' holds a model.family '" + config.model.family +
+                             "' model; explain supports adain");
+  explain::ExplainOptions options;
+  options.checkpoint = dir;
+  options.generator = config.model.generator;
+  options.discriminator = config.model.discriminator;
+  options.style_statistics = config.loss.style_statistics;
+  options.content = args.content;
+  options.style = args.style;
+  options.out = args.out;
+  options.size = args.size > 0 ? args.size : config.data.augment.crop_size;
+  options.methods = args.methods;
+  options.threads = args.threads;
+  spdlog::info("explaining {} ({} content x {} style images at {} px) into {}", dir.string(), args.content.size(),
+               args.style.size(), options.size, args.out);
+  explain::explain_checkpoint(options);
+  std::cout << "\nExplanations in " << args.out << "/:\n"
+            << "  report.html    index: configuration, loss curves, pairs (open in a browser)\n"
+            << "  pair-<p>.html  every explanation of one (content, style) pair\n"
+            << "  pair-<p>/      one PNG per explanation\n"
+            << "  summary.json   every number the report shows\n";
+  return 0;
+}
+
+}  // namespace
+
+void add_explain_command(CLI::App& app, int& exit_code) {
+  auto args = std::make_shared<ExplainArgs>();
+  auto* cmd = app.add_subcommand("explain", "Explain a checkpoint: saliency, IG, Grad-CAM, features, report.html");
+  cmd->add_option("--checkpoint", args->checkpoint,
+                  "Checkpoint: a step-N directory, a checkpoints/LATEST file, or a run directory (its newest)")
+      ->required();
+  cmd->add_option("--content", args->content, "Content images (one or more)")->required()->expected(1, -1);
+  cmd->add_option("--style", args->style, "Style images (one or more); every content x style pair is explained")
+      ->required()
+      ->expected(1, -1);
+  cmd->add_option("--out", args->out, "Output directory (report.html, summary.json, PNGs)")->required();
+  cmd->add_option("--size", args->size, "Image side in pixels (default: the checkpoint's data.crop_size)")
+      ->check(CLI::Range(16, 1024));
+  cmd->add_option("--methods", args->methods, "Explanations to run (default: all): " + allowed_methods())
+      ->expected(1, -1);
+  cmd->add_option("--threads", args->threads, "LibTorch intra-op threads")->check(CLI::Range(1, 256));
+  cmd->callback([args, &exit_code] { exit_code = run_explain(*args); });
+}
+
+}  // namespace atelier::launcher
