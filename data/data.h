@@ -48,6 +48,31 @@ torch::Tensor augment(const torch::Tensor& rgb, const AugmentOptions& options, u
 // size x size square); float [3, size, size] in [-1, 1]. For samples and tools.
 torch::Tensor load_centered(const std::string& path, int64_t size);
 
+// ---------------------------------------------------------------------------
+// Whole images and colour (for inference: `atelier stylize`). Images are float
+// [3, H, W] RGB in [-1, 1], as everywhere in atelier.
+
+// Decodes `path` at its own aspect ratio, no crop: shorter side scaled to
+// `shorter_side`, or the original size when it is 0. Throws DataError naming
+// the file.
+torch::Tensor load_image(const std::string& path, int64_t shorter_side = 0);
+
+// Writes an image as 8-bit PNG or JPEG, chosen by the extension of `path`
+// (.png .jpg .jpeg, any case); values are clamped to [-1, 1] first. Throws
+// DataError naming the path when the extension, the tensor or the write is bad.
+void save_image(const std::string& path, const torch::Tensor& image);
+
+// Colour preservation by luminance-only transfer (Gatys et al. 2016): the Y
+// channel of `stylised` with the Cr and Cb channels of `content` (YCrCb,
+// BT.601), back to RGB and clamped to [-1, 1]. Both images have the same size.
+torch::Tensor transfer_luminance(const torch::Tensor& stylised, const torch::Tensor& content);
+
+// Histogram matching: each channel of `image` quantised to 256 levels and
+// mapped through its CDF onto the inverse CDF of the same channel of
+// `reference` (sizes may differ). The result takes only the 256 levels
+// k / 127.5 - 1, like an 8-bit image.
+torch::Tensor match_histogram(const torch::Tensor& image, const torch::Tensor& reference);
+
 // Position in the sample stream: the next global sample to consume is
 // number `index` of epoch `epoch`. An epoch is one pass over the content images.
 struct Cursor {

@@ -77,6 +77,8 @@ int run(int argc, char** argv) {
   int exit_code = kExitUsage;
   add_train_command(app, exit_code);
   add_checkpoints_command(app, exit_code);
+  add_stylize_command(app, exit_code);
+  add_export_command(app, exit_code);
   add_explain_command(app, exit_code);
   set_up_logging("info");
   try {

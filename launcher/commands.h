@@ -8,6 +8,11 @@
 
 #include <CLI/CLI.hpp>
 
+#include <filesystem>
+
+#include "models/models.h"
+#include "trainer/trainer.h"
+
 namespace atelier::launcher {
 
 // Exit codes, documented in the README.
@@ -17,6 +22,19 @@ constexpr int kExitUsage = 2;    // bad command line or configuration
 void add_train_command(CLI::App& app, int& exit_code);
 void add_checkpoints_command(CLI::App& app, int& exit_code);
 void add_explain_command(CLI::App& app, int& exit_code);
+
+void add_stylize_command(CLI::App& app, int& exit_code);
+void add_export_command(CLI::App& app, int& exit_code);
+
+// The configuration a checkpoint directory was trained with (its
+// config.yaml), model.vgg_weights cleared: the checkpoint holds the encoder.
+// Throws naming the file when it is missing or unusable.
+trainer::Config checkpoint_config(const std::filesystem::path& checkpoint_dir);
+
+// The checkpoint's generator, after checkpoint::verify, in eval mode.
+// Throws naming the checkpoint when it is not an adain model, does not
+// verify, or its generator.pt does not fit the configuration.
+models::AdaINGenerator load_generator(const std::filesystem::path& checkpoint_dir, const trainer::Config& config);
 
 // Logging pattern with this process's rank, at `level`.
 void set_up_logging(const std::string& level);

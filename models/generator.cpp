@@ -2,6 +2,9 @@
 // frozen encoder, AdaIN and the decoder together.
 #include "models/models.h"
 
+#include <cmath>
+#include <sstream>
+
 namespace atelier::models {
 namespace {
 
@@ -18,6 +21,34 @@ void add_upsample(torch::nn::Sequential& layers) {
   layers->push_back(torch::nn::Upsample(torch::nn::UpsampleOptions()
                                             .scale_factor(std::vector<double>{2.0, 2.0})
                                             .mode(torch::kNearest)));
+}
+
+void check_alpha(double alpha) {
+  if (!(alpha >= 0.0 && alpha <= 1.0)) {
+    throw ModelError("style strength alpha must be in [0, 1], got " + std::to_string(alpha));
+  }
+}
+
+// Interpolation weights are a convex combination: anything else would push
+// the mixed statistics outside the styles' range (or flip their sign).
+void check_style_weights(const std::vector<double>& weights, size_t styles) {
+  std::ostringstream list;
+  double sum = 0.0;
+  bool negative = false;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    list << (i ? ", " : "") << weights[i];
+    sum += weights[i];
+    negative = negative || !(weights[i] >= 0.0);
+  }
+  if (styles == 0) throw ModelError("style mixing needs at least one style image");
+  if (weights.size() != styles) {
+    throw ModelError("style mixing needs one weight per style: " + std::to_string(styles) +
+                     " styles, " + std::to_string(weights.size()) + " weights (" + list.str() + ")");
+  }
+  if (negative || !(std::abs(sum - 1.0) <= 1e-6)) {
+    throw ModelError("style weights must be >= 0 and sum to 1, got " + list.str() + " (sum " +
+                     std::to_string(sum) + ")");
+  }
 }
 
 }  // namespace
@@ -59,9 +90,7 @@ AdaINGeneratorImpl::AdaINGeneratorImpl(const GeneratorOptions& options) {
 
 AdaINGeneratorImpl::Output AdaINGeneratorImpl::stylize(const torch::Tensor& content,
                                                        const torch::Tensor& style, double alpha) {
-  if (!(alpha >= 0.0 && alpha <= 1.0)) {
-    throw ModelError("style strength alpha must be in [0, 1], got " + std::to_string(alpha));
-  }
+  check_alpha(alpha);
   const auto content_features = encoder->forward(content);
   const auto style_features = encoder->forward(style);
   auto target = adain(content_features, style_features);
@@ -72,6 +101,25 @@ AdaINGeneratorImpl::Output AdaINGeneratorImpl::stylize(const torch::Tensor& cont
 torch::Tensor AdaINGeneratorImpl::forward(const torch::Tensor& content, const torch::Tensor& style,
                                           double alpha) {
   return stylize(content, style, alpha).image;
+}
+
+AdaINGeneratorImpl::Output AdaINGeneratorImpl::stylize_mixed(const torch::Tensor& content,
+                                                             const std::vector<torch::Tensor>& styles,
+                                                             const std::vector<double>& weights,
+                                                             double alpha) {
+  check_alpha(alpha);
+  check_style_weights(weights, styles.size());
+  const auto content_features = encoder->forward(content);
+  auto target = torch::zeros_like(content_features);
+  for (size_t i = 0; i < styles.size(); ++i) {
+    auto style_features = encoder->forward(styles[i]);
+    if (style_features.size(0) == 1 && content_features.size(0) > 1) {
+      style_features = style_features.expand({content_features.size(0), -1, -1, -1});
+    }
+    target = target + weights[i] * adain(content_features, style_features);
+  }
+  target = alpha * target + (1.0 - alpha) * content_features;
+  return {decoder->forward(target), target};
 }
 
 std::vector<torch::Tensor> AdaINGeneratorImpl::trainable_parameters() const {

@@ -106,6 +106,12 @@ struct AdaINGeneratorImpl : torch::nn::Module {
   Output stylize(const torch::Tensor& content, const torch::Tensor& style, double alpha = 1.0);
   torch::Tensor forward(const torch::Tensor& content, const torch::Tensor& style,
                         double alpha = 1.0);
+  // Style interpolation: t = sum_i weights[i] * AdaIN(f_c, f_{s_i}), then the
+  // same alpha blend with the content features. Each style is [N or 1, 3, h_i, w_i]
+  // (sizes free; a batch of 1 applies to every content image). Weights must be
+  // >= 0 and sum to 1 within 1e-6, one per style; throws ModelError naming them.
+  Output stylize_mixed(const torch::Tensor& content, const std::vector<torch::Tensor>& styles,
+                       const std::vector<double>& weights, double alpha = 1.0);
 
   // The parameters an optimiser should update (the decoder's).
   std::vector<torch::Tensor> trainable_parameters() const;

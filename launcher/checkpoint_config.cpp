@@ -1,0 +1,48 @@
+// What a checkpoint holds for the commands that use a trained model
+// (stylize, export): its training configuration and its generator.
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "checkpoint/checkpoint.h"
+#include "launcher/commands.h"
+#include "launcher/launcher.h"
+
+namespace atelier::launcher {
+namespace fs = std::filesystem;
+
+trainer::Config checkpoint_config(const fs::path& checkpoint_dir) {
+  const fs::path file = checkpoint_dir / "config.yaml";
+  std::ifstream in(file);
+  if (!in) throw std::runtime_error("checkpoint has no readable config.yaml: '" + file.string() + "'");
+  std::ostringstream text;
+  text << in.rdbuf();
+  // The checkpoint holds the encoder's weights itself; the .pth it was first
+  // loaded from may not exist on this machine, and parse_config would refuse
+  // the configuration (and the encoder would try to read it) if it stayed.
+  try {
+    return parse_config(text.str(), {"model.vgg_weights="}, file.string());
+  } catch (const ConfigError& e) {
+    // A damaged checkpoint is a failed run (exit 1), not a bad command line.
+    throw std::runtime_error(std::string("checkpoint configuration unusable: ") + e.what());
+  }
+}
+
+models::AdaINGenerator load_generator(const fs::path& checkpoint_dir, const trainer::Config& config) {
+  if (config.model.family != "adain") {
+    throw std::runtime_error("checkpoint '" + checkpoint_dir.string() + "' holds a model.family '" +
+                             config.model.family + "' model; only adain generators can be loaded");
+  }
+  checkpoint::verify(checkpoint_dir);
+  const fs::path file = checkpoint_dir / "generator.pt";
+  models::AdaINGenerator generator(config.model.generator);
+  try {
+    torch::load(generator, file.string());
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("cannot load generator '" + file.string() + "': " + e.what_without_backtrace());
+  }
+  generator->eval();
+  return generator;
+}
+
+}  // namespace atelier::launcher

@@ -1,0 +1,78 @@
+// `atelier export --checkpoint C --out g.pt`: the generator's weights as a
+// state dict that Python's torch.load reads, for python/atelier_models.py.
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include "checkpoint/checkpoint.h"
+#include "launcher/commands.h"
+#include "launcher/launcher.h"
+
+namespace atelier::launcher {
+namespace {
+namespace fs = std::filesystem;
+
+struct ExportArgs {
+  std::string checkpoint;
+  std::string out;
+};
+
+// Parameters and buffers (the encoder's ImageNet statistics) under their
+// module paths, e.g. `decoder.layers.1.weight`: the keys a PyTorch module of
+// the same structure has, so load_state_dict(strict=True) accepts them. A
+// plain dict, not an OrderedDict with _metadata: that is what pickle_save
+// writes and what load_state_dict needs.
+c10::Dict<std::string, at::Tensor> state_dict(const models::AdaINGenerator& generator) {
+  c10::Dict<std::string, at::Tensor> state;
+  for (const auto& item : generator->named_parameters()) state.insert(item.key(), item.value().detach().contiguous());
+  for (const auto& item : generator->named_buffers()) state.insert(item.key(), item.value().detach().contiguous());
+  return state;
+}
+
+// Written under a temporary name and renamed: a reader never sees half a file.
+void write_bytes(const fs::path& path, const std::vector<char>& bytes) {
+  if (path.has_parent_path()) fs::create_directories(path.parent_path());
+  const fs::path partial = path.string() + ".partial";
+  std::ofstream out(partial, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) {
+    std::error_code ignored;
+    fs::remove(partial, ignored);
+    throw std::runtime_error("cannot write '" + path.string() + "'");
+  }
+  fs::rename(partial, path);
+}
+
+int run_export(const ExportArgs& args) {
+  const fs::path dir = checkpoint::resolve(args.checkpoint);
+  const auto config = checkpoint_config(dir);
+  const auto generator = load_generator(dir, config);
+  const auto state = state_dict(generator);
+  write_bytes(args.out, torch::pickle_save(c10::IValue(state)));
+  const auto width = config.model.generator.encoder.width;
+  spdlog::info("exported {} tensors of {} to {}", state.size(), dir.string(), args.out);
+  std::cout << "Wrote " << args.out << " (AdaIN generator, width " << width << "). In Python:\n"
+            << "  import torch, atelier_models  # python/atelier_models.py\n"
+            << "  g = atelier_models.AdaINGenerator(width=" << width << ")\n"
+            << "  g.load_state_dict(torch.load('" << args.out << "'))\n";
+  return 0;
+}
+
+}  // namespace
+
+void add_export_command(CLI::App& app, int& exit_code) {
+  auto args = std::make_shared<ExportArgs>();
+  auto* cmd = app.add_subcommand("export", "Write a checkpoint's generator as a PyTorch state dict (torch.load)");
+  cmd->add_option("--checkpoint", args->checkpoint,
+                  "Checkpoint: runs/x, runs/x/checkpoints, a step-N directory or a LATEST file")
+      ->required();
+  cmd->add_option("--out", args->out, "Output file, e.g. g.pt")->required();
+  cmd->footer("Load it with python/atelier_models.py: AdaINGenerator(width=W).load_state_dict(torch.load(path)).");
+  cmd->callback([args, &exit_code] { exit_code = run_export(*args); });
+}
+
+}  // namespace atelier::launcher

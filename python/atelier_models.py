@@ -1,0 +1,148 @@
+"""PyTorch twins of atelier's C++ networks, for weights written by `atelier export`.
+
+`atelier export --checkpoint runs/x --out g.pt` writes a trained AdaIN-GAN
+generator as a plain state dict. This file defines the same network in
+PyTorch with exactly the C++ module's parameter and buffer names, so the
+state dict loads strictly and the model gives the same images::
+
+    import torch
+    import atelier_models  # this file: put python/ on sys.path or copy it
+
+    state = torch.load("g.pt")
+    g = atelier_models.AdaINGenerator.from_state_dict(state)  # width read from the weights
+    # or: g = atelier_models.AdaINGenerator(width=64); g.load_state_dict(state)
+    g.eval()
+    with torch.no_grad():
+        out = g(content, style, alpha=1.0)  # [N, 3, H, W] in [-1, 1]; H, W multiples of 8
+
+Images are float RGB in [-1, 1] (pixel / 127.5 - 1), NCHW, as everywhere in
+atelier. `stylize_mixed(content, [s1, s2], [0.5, 0.5], alpha)` interpolates
+styles the way `atelier stylize --style s1 --style s2 --weights 0.5,0.5` does.
+
+Only torch is needed (no torchvision). The layer layout must follow
+models/vgg.cpp and models/generator.cpp; tests/launcher/export_test.cpp
+checks that a C++ output and this module's output agree.
+"""
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+# torchvision vgg19().features up to relu4_1: (index, in, out) of each conv as
+# multiples of the width (0 = the 3 RGB channels); the pools' indices; the
+# last index of each slice (relu1_1, relu2_1, relu3_1, relu4_1).
+_CONVS = {0: (0, 1), 2: (1, 1), 5: (1, 2), 7: (2, 2), 10: (2, 4), 12: (4, 4), 14: (4, 4), 16: (4, 4), 19: (4, 8)}
+_POOLS = {4, 9, 18}
+_SLICE_ENDS = (1, 6, 11, 20)
+
+
+def _vgg_layer(index, width):
+    if index in _CONVS:
+        cin, cout = _CONVS[index]
+        return nn.Conv2d(3 if cin == 0 else cin * width, cout * width, 3, padding=1)
+    if index in _POOLS:
+        return nn.MaxPool2d(2, stride=2)
+    return nn.ReLU()
+
+
+class VGGEncoder(nn.Module):
+    """Frozen VGG-19 conv1_1..relu4_1; layers keep torchvision's indices as names."""
+
+    def __init__(self, width=64):
+        super().__init__()
+        start = 0
+        for number, end in enumerate(_SLICE_ENDS, 1):
+            layers = OrderedDict((str(i), _vgg_layer(i, width)) for i in range(start, end + 1))
+            setattr(self, f"slice{number}", nn.Sequential(layers))
+            start = end + 1
+        self.register_buffer("imagenet_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("imagenet_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward_features(self, images):
+        x = ((images + 1.0) * 0.5 - self.imagenet_mean) / self.imagenet_std
+        features = []
+        for layers in (self.slice1, self.slice2, self.slice3, self.slice4):
+            x = layers(x)
+            features.append(x)
+        return features
+
+    def forward(self, images):
+        return self.forward_features(images)[-1]
+
+
+def channel_mean_std(features, eps=1e-5):
+    mean = features.mean(dim=(2, 3), keepdim=True)
+    var = features.var(dim=(2, 3), unbiased=False, keepdim=True)
+    return mean, (var + eps).sqrt()
+
+
+def adain(content_features, style_features, eps=1e-5):
+    content_mean, content_std = channel_mean_std(content_features, eps)
+    style_mean, style_std = channel_mean_std(style_features, eps)
+    return (content_features - content_mean) / content_std * style_std + style_mean
+
+
+class Decoder(nn.Module):
+    """Reflection-padded 3x3 convs with nearest upsampling, mirroring the encoder; tanh output."""
+
+    def __init__(self, width=64):
+        super().__init__()
+        w = width
+        layers = []
+
+        def conv(cin, cout, relu=True):
+            layers.extend([nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3)] + ([nn.ReLU()] if relu else []))
+
+        def upsample():
+            layers.append(nn.Upsample(scale_factor=2.0, mode="nearest"))
+
+        conv(8 * w, 4 * w)
+        upsample()
+        for _ in range(3):
+            conv(4 * w, 4 * w)
+        conv(4 * w, 2 * w)
+        upsample()
+        conv(2 * w, 2 * w)
+        conv(2 * w, w)
+        upsample()
+        conv(w, w)
+        conv(w, 3, relu=False)
+        layers.append(nn.Tanh())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features):
+        return self.layers(features)
+
+
+class AdaINGenerator(nn.Module):
+    """G(content, style): VGG encoder -> AdaIN -> decoder, as atelier's C++ AdaINGenerator."""
+
+    def __init__(self, width=64):
+        super().__init__()
+        self.encoder = VGGEncoder(width)
+        self.decoder = Decoder(width)
+
+    @classmethod
+    def from_state_dict(cls, state):
+        """A generator of the width the weights have, with them loaded (strict)."""
+        model = cls(width=state["encoder.slice1.0.weight"].shape[0])
+        model.load_state_dict(state)
+        return model
+
+    def stylize_mixed(self, content, styles, weights, alpha=1.0):
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if len(weights) != len(styles) or min(weights) < 0 or abs(sum(weights) - 1.0) > 1e-6:
+            raise ValueError(f"need one weight >= 0 per style, summing to 1; got {list(weights)}")
+        content_features = self.encoder(content)
+        target = torch.zeros_like(content_features)
+        for style, weight in zip(styles, weights):
+            style_features = self.encoder(style)
+            if style_features.shape[0] == 1:
+                style_features = style_features.expand(content_features.shape[0], -1, -1, -1)
+            target = target + weight * adain(content_features, style_features)
+        target = alpha * target + (1.0 - alpha) * content_features
+        return self.decoder(target)
+
+    def forward(self, content, style, alpha=1.0):
+        return self.stylize_mixed(content, [style], [1.0], alpha)

@@ -1,0 +1,69 @@
+// `atelier export` writes a state dict that Debian's python3-torch loads
+// strictly into python/atelier_models.AdaINGenerator, whose outputs match
+// the C++ generator's on the same inputs.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "tests/launcher/run_atelier.h"
+#include "tests/launcher/tiny_checkpoint.h"
+#include "models/models.h"
+
+namespace atelier::launcher {
+namespace {
+namespace fs = std::filesystem;
+
+void write_file(const fs::path& path, const std::vector<char>& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(out.good()) << path;
+}
+
+TEST(Export, PythonLoadsItStrictlyAndComputesTheSameImages) {
+  TinyCheckpoint tiny;
+  const auto g_pt = tiny.root / "export" / "g.pt";
+  const auto ran = run_atelier("export --checkpoint " + tiny.run_dir.string() + " --out " + g_pt.string());
+  ASSERT_EQ(ran.status, 0) << ran.output;
+  ASSERT_TRUE(fs::exists(g_pt));
+
+  models::AdaINGenerator generator(tiny.config.model.generator);
+  torch::load(generator, (tiny.run_dir / "checkpoints" / "step-2" / "generator.pt").string());
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(5);
+  const auto content = torch::rand({2, 3, 32, 40}) * 2 - 1;
+  const auto style_a = torch::rand({2, 3, 40, 40}) * 2 - 1;
+  const auto style_b = torch::rand({1, 3, 24, 48}) * 2 - 1;
+  const double alpha = 0.7;
+  c10::Dict<std::string, at::Tensor> cases;
+  cases.insert("content", content);
+  cases.insert("style_a", style_a);
+  cases.insert("style_b", style_b);
+  cases.insert("alpha", torch::tensor(alpha));
+  cases.insert("expected", generator->stylize(content, style_a, alpha).image);
+  cases.insert("expected_mixed", generator->stylize_mixed(content, {style_a, style_b}, {0.3, 0.7}, alpha).image);
+  const auto cases_pt = tiny.root / "cases.pt";
+  write_file(cases_pt, torch::pickle_save(c10::IValue(cases)));
+
+  const auto check = std::string("/usr/bin/python3 ") + ATELIER_SOURCE_DIR + "/tests/launcher/check_export.py " +
+                     ATELIER_SOURCE_DIR + " " + g_pt.string() + " " + cases_pt.string() + " 2>&1";
+  FILE* pipe = popen(check.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buf[512];
+  while (fgets(buf, sizeof buf, pipe)) output += buf;
+  const int status = pclose(pipe);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
+  EXPECT_NE(output.find("expected_mixed: max abs diff"), std::string::npos) << output;
+}
+
+TEST(Export, MissingCheckpointIsARuntimeErrorNamingIt) {
+  const auto missing = (fs::temp_directory_path() / "atelier-no-such-run").string();
+  const auto ran = run_atelier("export --checkpoint " + missing + " --out " + missing + "/g.pt");
+  EXPECT_EQ(ran.status, 1) << ran.output;
+  EXPECT_NE(ran.output.find(missing), std::string::npos) << ran.output;
+}
+
+}  // namespace
+}  // namespace atelier::launcher
