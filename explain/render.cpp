@@ -47,7 +47,8 @@ cv::Mat colour_bar(int height, double lo, double hi) {
   for (int y = 0; y < height; ++y) ramp.row(y).setTo(255 * (height - 1 - y) / std::max(1, height - 1));
   cv::Mat bar;
   cv::applyColorMap(ramp, bar, kColormap);
-  cv::Mat panel(height, kBarWidth + 48, CV_8UC3, kWhite);
+  // Room for labels like "-1.23e-05".
+  cv::Mat panel(height, kBarWidth + 70, CV_8UC3, kWhite);
   bar.copyTo(panel(cv::Rect(0, 0, kBarWidth, height)));
   put_text(panel, short_number(hi), {kBarWidth + 3, 10}, 0.35);
   put_text(panel, short_number(lo), {kBarWidth + 3, height - 3}, 0.35);

@@ -123,7 +123,10 @@ std::string pair_page(const json& pair) {
   body += "<p>content: " + escape(pair["content"]) + "<br>style: " + escape(pair["style"]) + "</p>";
   for (const char* key : {"content_image", "style_image", "output_image"})
     body += "<img src='" + escape(pair[key]) + "' alt='" + key + "'>";
-  for (const auto& [name, section] : pair["methods"].items()) {
+  // In method_names() order (the JSON object itself is sorted by name).
+  for (const auto& name : method_names()) {
+    if (!pair["methods"].contains(name)) continue;
+    const auto& section = pair["methods"][name];
     body += "<h2 id='" + escape(name) + "'>" + escape(name) + "</h2><div>";
     if (section.contains("images"))
       for (const auto& img : section["images"]) body += "<img src='" + escape(img) + "' alt='" + escape(img) + "'>";
