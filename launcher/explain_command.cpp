@@ -6,10 +6,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <memory>
-#include <sstream>
 
 #include "explain/explain.h"
 #include "launcher/commands.h"
@@ -35,23 +33,6 @@ std::string allowed_methods() {
   return list;
 }
 
-// The configuration the checkpoint was trained with, which shapes its
-// networks. model.vgg_weights is cleared: the checkpoint holds the encoder's
-// weights itself, and the .pth it came from may not exist here.
-trainer::Config trained_config(const fs::path& dir) {
-  const fs::path file = dir / "config.yaml";
-  std::ifstream in(file);
-  if (!in) throw std::runtime_error("checkpoint has no readable config.yaml: '" + file.string() + "'");
-  std::ostringstream text;
-  text << in.rdbuf();
-  try {
-    return parse_config(text.str(), {"model.vgg_weights="}, file.string());
-  } catch (const ConfigError& e) {
-    // A damaged checkpoint is a failed job (exit 1), not a bad command line.
-    throw std::runtime_error(std::string("checkpoint configuration unusable: ") + e.what());
-  }
-}
-
 // Under mpirun every rank would redo every pair and race on the same files;
 // until the pair split over comm/ lands, only rank 0 works.
 bool other_rank() {
@@ -68,7 +49,8 @@ int run_explain(const ExplainArgs& args) {
     return 0;
   }
   const fs::path dir = explain::resolve_checkpoint(args.checkpoint);
-  const auto config = trained_config(dir);
+  // The networks' shapes come from the checkpoint's own config.yaml.
+  const auto config = checkpoint_config(dir);
   if (config.model.family != "adain")
     throw std::runtime_error("checkpoint '" + dir.string() + "' holds a model.family '" + config.model.family +
                              "' model; explain supports adain");
