@@ -37,6 +37,7 @@ int run_train(const TrainArgs& args) {
   set_up_logging(config.run.log_level);
   const auto result = trainer::train(config, yaml, args.resume);
   spdlog::info("done: {} steps; run directory {}", result.last_step, result.run_dir);
+  if (result.rank != 0) return 0;  // rank 0 wrote the run directory and reports it
   std::cout << "\nResults in " << result.run_dir << "/:\n"
             << "  config.yaml    resolved configuration\n"
             << "  log.txt        log\n"
@@ -79,6 +80,7 @@ int run(int argc, char** argv) {
   add_checkpoints_command(app, exit_code);
   add_stylize_command(app, exit_code);
   add_export_command(app, exit_code);
+  add_launch_command(app, exit_code);
   add_explain_command(app, exit_code);
   set_up_logging("info");
   try {
@@ -90,6 +92,8 @@ int run(int argc, char** argv) {
     return kExitUsage;
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
+    // One failed rank ends the whole job now rather than at dist.timeout_s.
+    comm::abort_job(kExitFailure);
     return kExitFailure;
   }
   return exit_code;

@@ -195,7 +195,8 @@ std::vector<Field> make_fields() {
       integer("optim.decay_start", AT(optim.decay_start), 0, kBig, "linear: step where decay to 0 starts (none if >= train.steps)"),
       real("optim.grad_clip", AT(optim.grad_clip), 0, 1e9, "max gradient norm per network (0 = off)"),
       integer("train.steps", AT(train.steps), 1, kBig, "optimisation steps"),
-      integer("train.batch_size", AT(train.batch_size), 1, 65536, "images per step"),
+      integer("train.batch_size", AT(train.batch_size), 1, 65536,
+              "images per step PER RANK (global batch = batch_size x ranks)"),
       integer("train.threads", AT(train.threads), 1, 1024, "LibTorch intra-op threads"),
       integer("train.seed", AT(train.seed), 0, kBig, "seed of weights, data order, augmentation"),
       integer("train.log_every", AT(train.log_every), 1, kBig, "steps between log lines"),
@@ -203,6 +204,16 @@ std::vector<Field> make_fields() {
       integer("train.sample_count", AT(train.sample_count), 1, 64, "pairs per sample grid"),
       integer("checkpoint.every_steps", AT(checkpoint.every_steps), 1, kBig, "steps between checkpoints"),
       integer("checkpoint.keep", AT(checkpoint.keep), 1, kBig, "newest checkpoints kept"),
+      choice<std::string>("dist.backend", AT(dist.backend), {{"auto", "auto"}, {"mpi", "mpi"}},
+             "collectives backend (auto: MPI when launched by mpirun/srun)"),
+      real("dist.bucket_mb", AT(dist.bucket_mb), 1e-3, 4096, "gradient all-reduce bucket size (MiB)"),
+      real("dist.timeout_s", AT(dist.timeout_s), 0.1, 86400, "a collective running longer aborts the job"),
+      choice<comm::Compression>("dist.compression", AT(dist.compression),
+             {{"none", comm::Compression::None}, {"bf16", comm::Compression::BF16},
+              {"fp16", comm::Compression::FP16}},
+             "wire format of gradient buckets"),
+      integer("dist.verify_every", AT(dist.verify_every), 0, kBig,
+              "steps between checks that replicas are bit-identical (0 = off)"),
   };
 }
 

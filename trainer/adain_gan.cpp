@@ -23,13 +23,33 @@ double lr_factor(const OptimConfig& optim, int64_t step, int64_t total) {
   return std::max(0.0, 1.0 - static_cast<double>(step - optim.decay_start) / span);
 }
 
-AdaINGAN::AdaINGAN(const Config& config) : config_(config) {
+AdaINGAN::AdaINGAN(const Config& config, std::shared_ptr<comm::Communicator> comm)
+    : config_(config), comm_(std::move(comm)) {
   generator = models::AdaINGenerator(config.model.generator);
   discriminator = models::PatchDiscriminator(config.model.discriminator);
   optimizer_g_ = std::make_unique<torch::optim::Adam>(generator->trainable_parameters(),
                                                       adam(config.optim.lr_g, config.optim));
   optimizer_d_ = std::make_unique<torch::optim::Adam>(discriminator->parameters(),
                                                       adam(config.optim.lr_d, config.optim));
+  if (comm_ && comm_->world_size() > 1) {
+    const comm::ReducerOptions reduce{config.dist.bucket_mb, config.dist.compression};
+    reducer_d_ = std::make_unique<comm::GradientReducer>(comm_, discriminator->parameters(), reduce);
+    reducer_g_ = std::make_unique<comm::GradientReducer>(comm_, generator->trainable_parameters(), reduce);
+  }
+}
+
+std::vector<torch::Tensor> AdaINGAN::state_tensors() {
+  std::vector<torch::Tensor> out;
+  for (const auto* module : {static_cast<torch::nn::Module*>(generator.get()),
+                             static_cast<torch::nn::Module*>(discriminator.get())}) {
+    for (const auto& p : module->parameters()) out.push_back(p);
+    for (const auto& b : module->buffers()) out.push_back(b);
+  }
+  return out;
+}
+
+void AdaINGAN::sync_replicas() {
+  if (comm_ && comm_->world_size() > 1) comm::broadcast_from_rank0(*comm_, state_tensors());
 }
 
 void AdaINGAN::set_lr(double scale) {
@@ -60,7 +80,11 @@ StepLosses AdaINGAN::step(const torch::Tensor& content, const torch::Tensor& sty
   optimizer_d_->zero_grad();
   auto loss_d = models::discriminator_loss(loss.adversarial, discriminator->forward(style),
                                            discriminator->forward(fake.detach()));
+  if (reducer_d_) reducer_d_->prepare();
   loss_d.backward();
+  // The average over ranks replaces this rank's gradient before clipping,
+  // so every replica clips and steps identically.
+  if (reducer_d_) reducer_d_->finalize();
   clip(discriminator->parameters(), config_.optim.grad_clip);
   optimizer_d_->step();
 
@@ -73,7 +97,11 @@ StepLosses AdaINGAN::step(const torch::Tensor& content, const torch::Tensor& sty
   const auto tv = models::total_variation_loss(fake);
   auto loss_g = loss.adversarial_weight * adv + loss.content_weight * content_term +
                 loss.style_weight * style_term + loss.tv_weight * tv;
+  // Only G's reducer is armed: the gradients this backward leaves on D's
+  // parameters are cleared by the next D step and never reduced.
+  if (reducer_g_) reducer_g_->prepare();
   loss_g.backward();
+  if (reducer_g_) reducer_g_->finalize();
   clip(generator->trainable_parameters(), config_.optim.grad_clip);
   optimizer_g_->step();
 

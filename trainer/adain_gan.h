@@ -21,8 +21,15 @@ struct StepLosses {
 class AdaINGAN {
  public:
   // Builds the networks and optimisers; weights come from the global torch
-  // RNG, which the caller seeds.
-  explicit AdaINGAN(const Config& config);
+  // RNG, which the caller seeds. With a communicator of more than one rank,
+  // call sync_replicas() before the first step; each step then averages G's
+  // and D's gradients across ranks (one GradientReducer per network).
+  explicit AdaINGAN(const Config& config, std::shared_ptr<comm::Communicator> comm = nullptr);
+
+  // Rank 0's parameters and buffers on every rank, so replicas start equal.
+  void sync_replicas();
+  // Every parameter and buffer of G and D (what replicas must agree on).
+  std::vector<torch::Tensor> state_tensors();
 
   // One discriminator update, then one generator update, at learning rates
   // scaled by `lr_scale`.
@@ -43,6 +50,9 @@ class AdaINGAN {
   void set_lr(double scale);
 
   Config config_;
+  std::shared_ptr<comm::Communicator> comm_;
+  std::unique_ptr<comm::GradientReducer> reducer_g_;  // null in a world of one
+  std::unique_ptr<comm::GradientReducer> reducer_d_;
   std::unique_ptr<torch::optim::Adam> optimizer_g_;
   std::unique_ptr<torch::optim::Adam> optimizer_d_;
 };

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <fstream>
 #include <iomanip>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -73,8 +74,8 @@ void write_text(const fs::path& path, const std::string& text) {
 }
 
 void save_checkpoint(const fs::path& run_dir, const Config& config, const RunConfigText& text, AdaINGAN& gan,
-                     int64_t step, const data::Cursor& cursor, std::string& last_path) {
-  checkpoint::CheckpointInfo info{step, cursor.epoch, 1, text.hash};
+                     int64_t step, const data::Cursor& cursor, int world_size, std::string& last_path) {
+  checkpoint::CheckpointInfo info{step, cursor.epoch, world_size, text.hash};
   auto path = checkpoint::save(run_dir / "checkpoints", info, [&](const fs::path& dir) {
     gan.save(dir);
     torch::save(at::detail::getDefaultCPUGenerator().get_state(), (dir / kRng).string());
@@ -87,10 +88,16 @@ void save_checkpoint(const fs::path& run_dir, const Config& config, const RunCon
   spdlog::info("checkpoint {}", path.string());
 }
 
-Resumed resume_from_latest(const fs::path& run_dir, const std::string& hash, AdaINGAN& gan) {
+Resumed resume_from_latest(const fs::path& run_dir, const std::string& hash, AdaINGAN& gan, int world_size) {
   const auto found = checkpoint::latest(run_dir / "checkpoints");
   if (!found) throw TrainError("--resume: no complete checkpoint under " + (run_dir / "checkpoints").string());
   const auto manifest = checkpoint::read_manifest(*found);
+  // The global batch and each rank's slice of it depend on the world size:
+  // resuming with another one would not continue the same sample stream.
+  if (manifest.world_size != world_size)
+    throw TrainError("--resume: " + found->string() + " was trained by " + std::to_string(manifest.world_size) +
+                     " rank(s) but this job has " + std::to_string(world_size) +
+                     ": resume with the same number of ranks (mpirun -np " + std::to_string(manifest.world_size) + ")");
   if (manifest.config_hash != hash)
     spdlog::warn("resuming {} with a configuration that differs from the one it was saved with", found->string());
   gan.load(*found);
@@ -107,7 +114,7 @@ Resumed resume_from_latest(const fs::path& run_dir, const std::string& hash, Ada
   return r;
 }
 
-data::LoaderOptions loader_options(const Config& config) {
+data::LoaderOptions loader_options(const Config& config, const comm::Communicator& comm) {
   data::LoaderOptions o;
   // list_images names the folder; the key says whether it is content or style.
   try {
@@ -125,6 +132,8 @@ data::LoaderOptions loader_options(const Config& config) {
   o.workers = config.data.workers;
   o.prefetch = config.data.prefetch;
   o.seed = config.train.seed;
+  o.rank = comm.rank();
+  o.world_size = comm.world_size();
   return o;
 }
 
@@ -148,52 +157,39 @@ std::string format_losses(const StepLosses& l) {
 
 bool due(int64_t step, int64_t every, int64_t last) { return step % every == 0 || step == last; }
 
-}  // namespace
+// Per-rank randomness (none in the AdaIN step today; noise or dropout later)
+// draws from (seed, rank). Rank 0 keeps the seed itself, so a single process
+// behaves exactly as before data parallelism existed.
+uint64_t rank_seed(uint64_t seed, int rank) {
+  return rank == 0 ? seed : seed ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(rank));
+}
 
-TrainResult train(const Config& config, const std::string& resolved_yaml, bool resume) {
-  if (config.model.family != "adain") throw TrainError("model.family '" + config.model.family + "' is not built");
-  if (config.data.content.empty()) throw TrainError("data.content is empty: set it to folders or files of images");
-  if (config.data.style.empty()) throw TrainError("data.style is empty: set it to folders or files of images");
-  const fs::path run_dir = fs::path(config.run.dir) / config.run.name;
-  fs::create_directories(run_dir / "checkpoints");
-  if (!resume && checkpoint::latest(run_dir / "checkpoints"))
-    throw TrainError("run directory " + run_dir.string() +
-                     " already has checkpoints: pass --resume to continue it, or choose another run.name");
-  RunLog log(run_dir / "log.txt");
-  const RunConfigText text{resolved_yaml, config_hash(resolved_yaml)};
-  write_text(run_dir / "config.yaml", resolved_yaml);
+// Every rank logs and judges the same numbers: the losses averaged over ranks.
+StepLosses average_losses(comm::Communicator& comm, const StepLosses& l) {
+  if (comm.world_size() == 1) return l;
+  auto t = torch::tensor({l.d, l.g, l.adv, l.content, l.style, l.tv}, torch::kDouble);
+  comm.all_reduce(t, comm::ReduceOp::Avg);
+  const auto a = t.accessor<double, 1>();
+  return {a[0], a[1], a[2], a[3], a[4], a[5]};
+}
 
-  torch::set_num_threads(static_cast<int>(config.train.threads));
-  torch::manual_seed(config.train.seed);
-  const auto loader_opts = loader_options(config);
-  AdaINGAN gan(config);
-  if (!gan.generator->encoder->pretrained())
-    spdlog::warn("model.vgg_weights is not set: using a fixed random VGG (seed {}) as encoder and loss network",
-                 config.model.generator.encoder.random_seed);
-  Resumed start;
-  if (resume) start = resume_from_latest(run_dir, text.hash, gan);
+// Replicas must be bit-identical; a checksum per rank shows which one is not.
+void verify_replicas(comm::Communicator& comm, AdaINGAN& gan, int64_t step) {
+  const auto all = comm.all_gather(torch::tensor({static_cast<int64_t>(comm::checksum(gan.state_tensors()))}));
+  for (int r = 1; r < comm.world_size(); ++r)
+    if (all[r].item<int64_t>() != all[0].item<int64_t>())
+      throw TrainError("replicas diverged at step " + std::to_string(step) + ": rank " + std::to_string(r) +
+                       "'s parameters (crc " + std::to_string(all[r].item<int64_t>()) + ") differ from rank 0's (crc " +
+                       std::to_string(all[0].item<int64_t>()) + ")");
+}
 
-  TrainResult result{run_dir.string(), start.step, start.step, 0, 0, start.checkpoint};
-  const int64_t total = config.train.steps;
-  if (start.step >= total) {
-    spdlog::info("nothing to do: {} of {} steps already done", start.step, total);
-    return result;
-  }
-  data::PrefetchLoader loader(loader_opts, start.cursor);
-  const auto [sample_content, sample_style] = sample_inputs(loader_opts, config.train.sample_count);
-  MetricsLog metrics(run_dir / "metrics.jsonl");
-  EventWriter events((run_dir / "tb").string());
-  Progress progress(start.step, total, config.train.batch_size);
-  spdlog::info("training {} steps of batch {} at {} px in {}", total - start.step, config.train.batch_size,
-               config.data.augment.crop_size, run_dir.string());
+// What only rank 0 has: the files of the run directory and the progress line.
+struct RunWriters {
+  RunWriters(const fs::path& run_dir, int64_t first_step, int64_t total, int64_t global_batch)
+      : metrics(run_dir / "metrics.jsonl"), events((run_dir / "tb").string()), progress(first_step, total, global_batch) {}
 
-  double waited = 0;
-  for (int64_t step = start.step + 1; step <= total; ++step) {
-    const auto batch = loader.next();
-    const double lr = lr_factor(config.optim, step - 1, total);
-    const auto losses = gan.step(batch.content, batch.style, lr);
-    if (!std::isfinite(losses.g) || !std::isfinite(losses.d))
-      throw TrainError("non-finite loss at step " + std::to_string(step) + ": " + format_losses(losses));
+  void record(int64_t step, int64_t total, const StepLosses& losses, const Config& config, double lr,
+              const data::PrefetchLoader& loader, const RunLog& log) {
     progress.finished(step);
     const double wait = loader.wait_seconds() - waited;
     waited += wait;
@@ -204,22 +200,108 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
         {"data_wait_s", wait}, {"skipped_files", static_cast<double>(loader.skipped_files())}};
     metrics.write(step, values);
     progress.draw(format_losses(losses));
-    if (due(step, config.train.log_every, total)) {
-      for (const auto& [key, value] : values) events.add_scalar(key, value, step);
-      std::ostringstream line;
-      line << "step " << step << "/" << total << " | " << format_losses(losses) << " | " << std::fixed
-           << std::setprecision(1) << progress.images_per_second() << " img/s | ETA "
-           << static_cast<int64_t>(progress.eta_seconds()) << " s";
-      log.step_line(line.str());
-    }
-    if (due(step, config.train.sample_every, total))
-      write_sample_grid(run_dir / "samples", step, sample_content, sample_style,
-                        gan.stylize(sample_content, sample_style), events);
-    if (due(step, config.checkpoint.every_steps, total))
-      save_checkpoint(run_dir, config, text, gan, step, loader.cursor(), result.checkpoint);
-    result = {run_dir.string(), start.step, step, losses.g, losses.d, result.checkpoint};
+    if (!due(step, config.train.log_every, total)) return;
+    for (const auto& [key, value] : values) events.add_scalar(key, value, step);
+    std::ostringstream line;
+    line << "step " << step << "/" << total << " | " << format_losses(losses) << " | " << std::fixed
+         << std::setprecision(1) << progress.images_per_second() << " img/s | ETA "
+         << static_cast<int64_t>(progress.eta_seconds()) << " s";
+    log.step_line(line.str());
   }
-  events.flush();
+
+  MetricsLog metrics;
+  EventWriter events;
+  Progress progress;
+  double waited = 0;  // data-wait seconds already reported
+};
+
+// Everything a run needs once set up: shared by the loop's helpers.
+struct Run {
+  const Config& config;
+  fs::path dir;
+  RunConfigText text;
+  std::shared_ptr<comm::Communicator> comm;
+  std::optional<RunLog> log;  // rank 0 only
+};
+
+void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, const Resumed& start,
+               TrainResult& result) {
+  const auto& config = run.config;
+  const int64_t total = config.train.steps;
+  const bool leader = run.comm->rank() == 0;
+  data::PrefetchLoader loader(loader_opts, start.cursor);
+  std::optional<RunWriters> writers;
+  torch::Tensor sample_content, sample_style;
+  if (leader) {
+    std::tie(sample_content, sample_style) = sample_inputs(loader_opts, config.train.sample_count);
+    writers.emplace(run.dir, start.step, total, config.train.batch_size * run.comm->world_size());
+    spdlog::info("training {} steps of batch {} x {} rank(s) at {} px in {}", total - start.step,
+                 config.train.batch_size, run.comm->world_size(), config.data.augment.crop_size, run.dir.string());
+  }
+  for (int64_t step = start.step + 1; step <= total; ++step) {
+    const auto batch = loader.next();
+    const double lr = lr_factor(config.optim, step - 1, total);
+    const auto losses = average_losses(*run.comm, gan.step(batch.content, batch.style, lr));
+    if (!std::isfinite(losses.g) || !std::isfinite(losses.d))
+      throw TrainError("non-finite loss at step " + std::to_string(step) + ": " + format_losses(losses));
+    if (config.dist.verify_every > 0 && step % config.dist.verify_every == 0 && run.comm->world_size() > 1)
+      verify_replicas(*run.comm, gan, step);
+    if (leader) {
+      writers->record(step, total, losses, config, lr, loader, *run.log);
+      if (due(step, config.train.sample_every, total))
+        write_sample_grid(run.dir / "samples", step, sample_content, sample_style,
+                          gan.stylize(sample_content, sample_style), writers->events);
+      if (due(step, config.checkpoint.every_steps, total))
+        save_checkpoint(run.dir, config, run.text, gan, step, loader.cursor(), run.comm->world_size(),
+                        result.checkpoint);
+    }
+    result = {run.dir.string(), start.step, step, losses.g, losses.d, result.checkpoint, run.comm->rank()};
+  }
+  if (writers) writers->events.flush();
+}
+
+void check_sources(const Config& config) {
+  if (config.model.family != "adain") throw TrainError("model.family '" + config.model.family + "' is not built");
+  if (config.data.content.empty()) throw TrainError("data.content is empty: set it to folders or files of images");
+  if (config.data.style.empty()) throw TrainError("data.style is empty: set it to folders or files of images");
+}
+
+}  // namespace
+
+TrainResult train(const Config& config, const std::string& resolved_yaml, bool resume) {
+  check_sources(config);
+  Run run{config, fs::path(config.run.dir) / config.run.name, {resolved_yaml, config_hash(resolved_yaml)},
+          comm::make_communicator(comm::detect_environment(), {config.dist.backend, config.dist.timeout_s}), {}};
+  const bool leader = run.comm->rank() == 0;
+  // Every rank makes the same checks on the same (shared) directory, so a
+  // refusal ends every rank with the same message instead of a hang.
+  fs::create_directories(run.dir / "checkpoints");
+  if (!resume && checkpoint::latest(run.dir / "checkpoints"))
+    throw TrainError("run directory " + run.dir.string() +
+                     " already has checkpoints: pass --resume to continue it, or choose another run.name");
+  if (leader) {
+    run.log.emplace(run.dir / "log.txt");
+    write_text(run.dir / "config.yaml", resolved_yaml);
+  }
+
+  torch::set_num_threads(static_cast<int>(config.train.threads));
+  torch::manual_seed(config.train.seed);
+  const auto loader_opts = loader_options(config, *run.comm);
+  AdaINGAN gan(config, run.comm);
+  if (leader && !gan.generator->encoder->pretrained())
+    spdlog::warn("model.vgg_weights is not set: using a fixed random VGG (seed {}) as encoder and loss network",
+                 config.model.generator.encoder.random_seed);
+  Resumed start;
+  if (resume) start = resume_from_latest(run.dir, run.text.hash, gan, run.comm->world_size());
+  gan.sync_replicas();
+  if (!leader) torch::manual_seed(rank_seed(config.train.seed + static_cast<uint64_t>(start.step), run.comm->rank()));
+
+  TrainResult result{run.dir.string(), start.step, start.step, 0, 0, start.checkpoint, run.comm->rank()};
+  if (start.step >= config.train.steps) {
+    spdlog::info("nothing to do: {} of {} steps already done", start.step, config.train.steps);
+    return result;
+  }
+  run_steps(run, gan, loader_opts, start, result);
   return result;
 }
 

@@ -2,6 +2,7 @@
 // metrics, TensorBoard, samples and checkpoints of a run directory.
 #pragma once
 
+#include "comm/comm.h"
 #include "data/data.h"
 #include "models/models.h"
 
@@ -59,7 +60,7 @@ struct OptimConfig {
 
 struct TrainOptions {
   int64_t steps = 300;       // optimisation steps (one D and one G update each)
-  int64_t batch_size = 4;    // images per step
+  int64_t batch_size = 4;    // images per step PER RANK (global batch = batch_size * world size)
   int64_t threads = 2;       // LibTorch intra-op threads
   uint64_t seed = 0;         // weights, data order and augmentation derive from it
   int64_t log_every = 10;    // a log line (and TensorBoard scalars) every N steps
@@ -72,6 +73,16 @@ struct CheckpointOptions {
   int64_t keep = 3;           // newest checkpoints kept; older ones are deleted
 };
 
+// Data-parallel training across ranks (mpirun, srun, `atelier launch`).
+// Ignored by a single process started without a launcher.
+struct DistConfig {
+  std::string backend = "auto";  // auto | mpi: the Communicator backend
+  double bucket_mb = 25;         // gradient bucket size in MiB (DDP's bucket_cap_mb)
+  double timeout_s = 300;        // a collective running longer aborts the whole job
+  comm::Compression compression = comm::Compression::None;  // wire format of gradient buckets
+  int64_t verify_every = 0;      // compare a checksum of every replica's parameters every N steps; 0 = never
+};
+
 struct Config {
   RunOptions run;
   ModelConfig model;
@@ -80,6 +91,7 @@ struct Config {
   OptimConfig optim;
   TrainOptions train;
   CheckpointOptions checkpoint;
+  DistConfig dist;
 };
 
 // Learning-rate factor at `step` (0-based) of `total` steps.
@@ -98,10 +110,14 @@ struct TrainResult {
   int64_t last_step = 0;      // steps completed
   double loss_g = 0.0;        // generator loss of the last step
   double loss_d = 0.0;        // discriminator loss of the last step
-  std::string checkpoint;     // the final checkpoint directory
+  std::string checkpoint;     // the final checkpoint directory (rank 0 only)
+  int rank = 0;               // this process's rank; only rank 0 writes the run directory
 };
 
-// Trains the configured model in <run.dir>/<run.name>: writes config.yaml
+// Trains the configured model in <run.dir>/<run.name>, data-parallel when
+// the environment says this process is one rank of many (comm/): every
+// rank holds a replica, takes its slice of each global batch and averages
+// gradients; only rank 0 writes the run directory. Writes config.yaml
 // (the given resolved YAML), log.txt, metrics.jsonl, tb/, samples/ and
 // checkpoints/. With `resume`, continues from checkpoints/LATEST (an error
 // if there is none); without it, an existing checkpoint is an error so that

@@ -1,0 +1,147 @@
+// Data-parallel training end to end through the real binary: 2 ranks under
+// mpirun against 1 rank with the same global batch, `atelier launch`, and
+// the refusal to resume with another world size.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <random>
+#include <torch/torch.h>
+
+#include "models/models.h"
+#include "tests/comm/run_command.h"
+
+namespace atelier::comm {
+namespace {
+namespace fs = std::filesystem;
+using testing::run_command;
+
+void write_images(const fs::path& dir, int count, int seed) {
+  fs::create_directories(dir);
+  std::mt19937 rng(seed);
+  for (int i = 0; i < count; ++i) {
+    cv::Mat img(40, 48, CV_8UC3);
+    const int a = static_cast<int>(rng() % 7 + 1), b = static_cast<int>(rng() % 5 + 1);
+    for (int y = 0; y < img.rows; ++y)
+      for (int x = 0; x < img.cols; ++x)
+        img.at<cv::Vec3b>(y, x) = cv::Vec3b(static_cast<uchar>((x * a) % 256), static_cast<uchar>((y * b * 3) % 256),
+                                            static_cast<uchar>(((x + y) * (a + b)) % 256));
+    cv::imwrite((dir / ("img" + std::to_string(i) + ".png")).string(), img);
+  }
+}
+
+class DistTrain : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root = fs::temp_directory_path() / ("atelier-dist-" + std::to_string(std::random_device{}()));
+    write_images(root / "content", 9, 1);
+    write_images(root / "style", 5, 2);
+  }
+  void TearDown() override { fs::remove_all(root); }
+
+  // `atelier train` arguments of a tiny run (32 px, width 4).
+  std::string tiny(const std::string& name, int steps, int batch) const {
+    std::string args;
+    const std::vector<std::string> sets = {
+        "run.dir=" + (root / "runs").string(), "run.name=" + name, "run.log_level=warn",
+        "data.content=" + (root / "content").string(), "data.style=" + (root / "style").string(),
+        "data.load_size=40", "data.crop_size=32", "data.workers=1", "model.encoder_width=4",
+        "model.decoder_width=4", "model.disc_width=4", "train.threads=1", "train.steps=" + std::to_string(steps),
+        "train.batch_size=" + std::to_string(batch), "train.sample_every=1000", "train.sample_count=1",
+        "checkpoint.every_steps=1000", "dist.timeout_s=120"};
+    for (const auto& s : sets)
+      args += " --set " + s;
+    return args;
+  }
+
+  std::map<std::string, torch::Tensor> parameters(const fs::path& ckpt) const {
+    models::GeneratorOptions go;
+    go.encoder.width = go.decoder.width = 4;
+    models::DiscriminatorOptions dopt;
+    dopt.width = 4;
+    models::AdaINGenerator g(go);
+    models::PatchDiscriminator d(dopt);
+    torch::load(g, (ckpt / "generator.pt").string());
+    torch::load(d, (ckpt / "discriminator.pt").string());
+    std::map<std::string, torch::Tensor> out;
+    for (const auto& p : g->named_parameters()) out["G." + p.key()] = p.value();
+    for (const auto& p : d->named_parameters()) out["D." + p.key()] = p.value();
+    return out;
+  }
+
+  nlohmann::json manifest(const fs::path& ckpt) const {
+    std::ifstream in(ckpt / "manifest.json");
+    return nlohmann::json::parse(in);
+  }
+
+  fs::path root;
+};
+
+// Three steps: Adam turns float rounding on gradients that are ~0 into
+// lr-sized steps of either sign, so element-wise agreement is a fair test
+// only while the trajectories have had few steps to drift apart.
+constexpr int kSteps = 3;
+
+// Replicas are compared bit for bit after every step by the trainer itself
+// (dist.verify_every=1 makes a divergence a failed run).
+TEST_F(DistTrain, TwoRanksOfBatchBMatchOneRankOfBatch2B) {
+  const std::string bin = ATELIER_BINARY;
+  const auto one = run_command(bin + " train" + tiny("one", kSteps, 4));
+  ASSERT_EQ(one.status, 0) << one.output;
+  const auto two = run_command("timeout 240 " + testing::mpirun(2) + bin + " train" + tiny("two", kSteps, 2) +
+                               " --set dist.verify_every=1 --set dist.bucket_mb=0.005");
+  ASSERT_EQ(two.status, 0) << two.output;
+
+  const auto expected = parameters(root / "runs" / "one" / "checkpoints" / ("step-" + std::to_string(kSteps)));
+  const auto actual = parameters(root / "runs" / "two" / "checkpoints" / ("step-" + std::to_string(kSteps)));
+  ASSERT_EQ(expected.size(), actual.size());
+  for (const auto& [name, value] : expected)
+    EXPECT_LT((value - actual.at(name)).abs().max().item<double>(), 1e-5) << name;
+  EXPECT_EQ(manifest(root / "runs" / "two" / "checkpoints" / ("step-" + std::to_string(kSteps)))["world_size"], 2);
+  EXPECT_EQ(manifest(root / "runs" / "one" / "checkpoints" / ("step-" + std::to_string(kSteps)))["world_size"], 1);
+
+  // Only rank 0 writes the run directory; metrics hold one line per step.
+  std::ifstream log(root / "runs" / "two" / "log.txt");
+  for (std::string line; std::getline(log, line);) EXPECT_EQ(line.find("[rank 1]"), std::string::npos) << line;
+  std::ifstream metrics(root / "runs" / "two" / "metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) ++lines;
+  EXPECT_EQ(lines, kSteps);
+}
+
+TEST_F(DistTrain, LaunchRunsMpirunAndAnotherWorldSizeCannotResume) {
+  const std::string bin = ATELIER_BINARY;
+  const auto launched = run_command("timeout 240 " + bin + " launch -n 2" + tiny("launched", 2, 1));
+  ASSERT_EQ(launched.status, 0) << launched.output;
+  EXPECT_NE(launched.output.find("running: mpirun"), std::string::npos) << launched.output;
+  EXPECT_EQ(launched.output.find("--allow-run-as-root") != std::string::npos, geteuid() == 0) << launched.output;
+  EXPECT_EQ(manifest(root / "runs" / "launched" / "checkpoints" / "step-2")["world_size"], 2);
+
+  const auto resumed = run_command(bin + " train --resume" + tiny("launched", 4, 1));
+  EXPECT_EQ(resumed.status, 1) << resumed.output;
+  EXPECT_NE(resumed.output.find("trained by 2 rank(s) but this job has 1"), std::string::npos) << resumed.output;
+}
+
+// More ranks than cores needs --oversubscribe; a failing job's exit code is
+// launch's (here every rank fails on a missing data folder).
+TEST_F(DistTrain, LaunchOversubscribesAndReturnsTheJobsExitCode) {
+  const std::string bin = ATELIER_BINARY;
+  const int ranks = static_cast<int>(std::thread::hardware_concurrency()) + 1;
+  const auto job = run_command("timeout 240 " + bin + " launch -n " + std::to_string(ranks) + tiny("bad", 2, 1) +
+                               " --set data.content=" + (root / "missing").string());
+  EXPECT_EQ(job.status, 1) << job.output;
+  EXPECT_NE(job.output.find("--oversubscribe"), std::string::npos) << job.output;
+  EXPECT_NE(job.output.find("missing"), std::string::npos) << job.output;
+}
+
+TEST_F(DistTrain, LaunchChecksTheConfigurationBeforeStartingRanks) {
+  const auto job = run_command(std::string(ATELIER_BINARY) + " launch -n 2 --set dist.compression=int4");
+  EXPECT_EQ(job.status, 2) << job.output;
+  EXPECT_NE(job.output.find("dist.compression"), std::string::npos) << job.output;
+  EXPECT_EQ(job.output.find("running:"), std::string::npos) << job.output;
+}
+
+}  // namespace
+}  // namespace atelier::comm
