@@ -169,6 +169,13 @@ void trust_method(PairWork& w) {
   // collapsed to its last step.
   torch::manual_seed(1);
   models::AdaINGenerator random(w.generator_options);
+  {
+    // Only the trained part is randomised: the encoder is the checkpoint's
+    // (a pretrained VGG there would otherwise become a random one here).
+    torch::NoGradGuard no_grad;
+    const auto trained_encoder = w.nets.generator->encoder->named_parameters();
+    for (auto& p : random->encoder->named_parameters()) p.value().copy_(trained_encoder[p.key()]);
+  }
   random->eval();
   const ImageFunction g_random = [&](const torch::Tensor& c, const torch::Tensor& s) { return random->forward(c, s); };
   const auto randomised = saliency(g_random, w.content, w.style);
