@@ -86,7 +86,9 @@ int run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every real parse error is a usage error,
+    // whatever CLI11's own code for it (105, 106, ...).
+    return app.exit(e) == 0 ? 0 : kExitUsage;
   } catch (const ConfigError& e) {
     spdlog::error("configuration: {}", e.what());
     return kExitUsage;

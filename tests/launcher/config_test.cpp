@@ -106,6 +106,13 @@ TEST(Cli, HelpListsTrainAndConfigKeys) {
   EXPECT_NE(ran.output.find("train.batch_size"), std::string::npos) << ran.output;
 }
 
+TEST(Cli, MalformedCommandLineExitsWithUsageCode) {
+  EXPECT_EQ(run_atelier("train --no-such-flag").status, 2);
+  EXPECT_EQ(run_atelier("checkpoints").status, 2);  // --run is required
+  EXPECT_EQ(run_atelier("").status, 2);             // a subcommand is required
+  EXPECT_EQ(run_atelier("--version").status, 0);
+}
+
 TEST(Cli, PrintConfigShowsOverriddenValue) {
   const auto ran = run_atelier("train --print-config --set train.steps=17");
   EXPECT_EQ(ran.status, 0) << ran.output;
