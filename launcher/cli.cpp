@@ -55,16 +55,19 @@ void set_up_logging(const std::string& level) {
   spdlog::set_level(spdlog::level::from_str(level));
 }
 
-void add_train_command(CLI::App& app, int& exit_code) {
-  auto args = std::make_shared<TrainArgs>();
-  auto* cmd = app.add_subcommand("train", "Train a style-transfer GAN in <run.dir>/<run.name>");
-  cmd->add_option("-c,--config", args->config_path,
-                  "YAML configuration (default: the embedded configs/demo.yaml)")
+void add_config_options(CLI::App& cmd, std::string& config_path, std::vector<std::string>& overrides) {
+  cmd.add_option("-c,--config", config_path, "YAML configuration (default: the embedded configs/demo.yaml)")
       ->check(CLI::ExistingFile);
-  cmd->add_option("--set", args->overrides, "Override one key, e.g. --set train.steps=50 (repeatable)")
+  cmd.add_option("--set", overrides, "Override one key, e.g. --set train.steps=50 (repeatable)")
       ->type_name("KEY=VALUE")
       ->expected(1)
       ->take_all();
+}
+
+void add_train_command(CLI::App& app, int& exit_code) {
+  auto args = std::make_shared<TrainArgs>();
+  auto* cmd = app.add_subcommand("train", "Train a style-transfer GAN in <run.dir>/<run.name>");
+  add_config_options(*cmd, args->config_path, args->overrides);
   cmd->add_flag("--resume", args->resume, "Continue from <run>/checkpoints/LATEST");
   cmd->add_flag("--print-config", args->print_config, "Print the resolved configuration and exit");
   cmd->footer("Configuration keys (YAML sections; each can be --set):\n" + describe_config_keys());

@@ -37,6 +37,10 @@ trainer::Config checkpoint_config(const std::filesystem::path& checkpoint_dir);
 // verify, or its generator.pt does not fit the configuration.
 models::AdaINGenerator load_generator(const std::filesystem::path& checkpoint_dir, const trainer::Config& config);
 
+// --config FILE and repeatable --set KEY=VALUE, the same on every command
+// that builds a training configuration.
+void add_config_options(CLI::App& cmd, std::string& config_path, std::vector<std::string>& overrides);
+
 // Logging pattern with this process's rank, at `level`.
 void set_up_logging(const std::string& level);
 

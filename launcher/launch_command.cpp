@@ -75,13 +75,7 @@ void add_launch_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<LaunchArgs>();
   auto* cmd = app.add_subcommand("launch", "Train data-parallel on N local ranks (runs mpirun -np N atelier train)");
   cmd->add_option("-n,--ranks", args->ranks, "Number of ranks (processes)")->required()->check(CLI::Range(1, 4096));
-  cmd->add_option("-c,--config", args->config_path,
-                  "YAML configuration (default: the embedded configs/demo.yaml)")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--set", args->overrides, "Override one key, e.g. --set train.steps=50 (repeatable)")
-      ->type_name("KEY=VALUE")
-      ->expected(1)
-      ->take_all();
+  add_config_options(*cmd, args->config_path, args->overrides);
   cmd->add_flag("--resume", args->resume, "Continue from <run>/checkpoints/LATEST (same number of ranks)");
   cmd->add_option("--mpirun", args->mpirun, "The mpirun program")->capture_default_str();
   cmd->footer("train.batch_size is per rank: the global batch is batch_size x N.");
