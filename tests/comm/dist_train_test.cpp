@@ -12,32 +12,20 @@
 
 #include "models/models.h"
 #include "tests/comm/run_command.h"
+#include "tests/support/pattern_images.h"
 
 namespace atelier::comm {
 namespace {
 namespace fs = std::filesystem;
 using testing::run_command;
 
-void write_images(const fs::path& dir, int count, int seed) {
-  fs::create_directories(dir);
-  std::mt19937 rng(seed);
-  for (int i = 0; i < count; ++i) {
-    cv::Mat img(40, 48, CV_8UC3);
-    const int a = static_cast<int>(rng() % 7 + 1), b = static_cast<int>(rng() % 5 + 1);
-    for (int y = 0; y < img.rows; ++y)
-      for (int x = 0; x < img.cols; ++x)
-        img.at<cv::Vec3b>(y, x) = cv::Vec3b(static_cast<uchar>((x * a) % 256), static_cast<uchar>((y * b * 3) % 256),
-                                            static_cast<uchar>(((x + y) * (a + b)) % 256));
-    cv::imwrite((dir / ("img" + std::to_string(i) + ".png")).string(), img);
-  }
-}
 
 class DistTrain : public ::testing::Test {
  protected:
   void SetUp() override {
     root = fs::temp_directory_path() / ("atelier-dist-" + std::to_string(std::random_device{}()));
-    write_images(root / "content", 9, 1);
-    write_images(root / "style", 5, 2);
+    testing_support::write_pattern_images(root / "content", 9, 1);
+    testing_support::write_pattern_images(root / "style", 5, 2);
   }
   void TearDown() override { fs::remove_all(root); }
 

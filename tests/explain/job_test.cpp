@@ -15,6 +15,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "explain/explain.h"
+#include "tests/support/pattern_images.h"
 
 namespace atelier::explain {
 namespace {
@@ -28,24 +29,14 @@ std::string read(const fs::path& path) {
   return text.str();
 }
 
-void write_image(const fs::path& path, int seed) {
-  std::mt19937 rng(seed);
-  cv::Mat img(40, 48, CV_8UC3);
-  const int a = static_cast<int>(rng() % 7 + 1), b = static_cast<int>(rng() % 5 + 1);
-  for (int y = 0; y < img.rows; ++y)
-    for (int x = 0; x < img.cols; ++x)
-      img.at<cv::Vec3b>(y, x) = cv::Vec3b(static_cast<uchar>((x * a) % 256), static_cast<uchar>((y * b * 3) % 256),
-                                          static_cast<uchar>(((x + y) * (a + b)) % 256));
-  cv::imwrite(path.string(), img);
-}
 
 class TinyCheckpoint : public ::testing::Test {
  protected:
   void SetUp() override {
     root = fs::temp_directory_path() / ("atelier-explain-" + std::to_string(std::random_device{}()));
     fs::create_directories(root / "run" / "checkpoints");
-    for (int i = 0; i < 2; ++i) write_image(root / ("content" + std::to_string(i) + ".png"), i);
-    write_image(root / "style0.png", 7);
+    for (int i = 0; i < 2; ++i) testing_support::write_pattern_image(root / ("content" + std::to_string(i) + ".png"), i);
+    testing_support::write_pattern_image(root / "style0.png", 7);
     options.generator.encoder.width = 4;
     options.generator.decoder.width = 4;
     options.discriminator.width = 4;
