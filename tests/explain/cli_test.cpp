@@ -1,7 +1,6 @@
 // `atelier explain` as a user runs it: the networks come from the
 // checkpoint's config.yaml, and bad input exits with a message naming it.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -11,23 +10,12 @@
 
 #include "checkpoint/checkpoint.h"
 #include "models/models.h"
+#include "tests/launcher/run_atelier.h"
 
 namespace {
 namespace fs = std::filesystem;
 
-struct Ran {
-  int status;
-  std::string output;
-};
-
-Ran run_atelier(const std::string& args) {
-  const std::string cmd = std::string(ATELIER_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string output;
-  char buf[512];
-  while (fgets(buf, sizeof buf, pipe)) output += buf;
-  return {WEXITSTATUS(pclose(pipe)), output};
-}
+using atelier::launcher::run_atelier;
 
 class ExplainCli : public ::testing::Test {
  protected:
