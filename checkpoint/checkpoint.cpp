@@ -1,4 +1,5 @@
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/files.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -15,17 +16,13 @@
 
 namespace atelier::checkpoint {
 namespace fs = std::filesystem;
+
+namespace detail {
+
 namespace {
-
-constexpr const char* kManifest = "manifest.json";
-constexpr const char* kLatest = "LATEST";
-constexpr const char* kStepPrefix = "step-";
-constexpr const char* kStagingPrefix = ".staging-";
-
 std::string errno_text() { return std::strerror(errno); }
+}  // namespace
 
-// fsync a file or directory: rename is only durable once the data and the
-// directory entry both reached the disk.
 void sync_path(const fs::path& path, bool directory) {
   int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
   if (fd < 0) throw CheckpointError("cannot open '" + path.string() + "' to sync: " + errno_text());
@@ -35,14 +32,32 @@ void sync_path(const fs::path& path, bool directory) {
   if (rc != 0) throw CheckpointError("fsync of '" + path.string() + "' failed: " + err);
 }
 
+// POSIX write() rather than ofstream: a full disk or a file-size limit must
+// name its cause (ENOSPC, EFBIG), which iostreams swallow.
 void write_file_synced(const fs::path& path, const std::string& bytes) {
-  {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.close();
-    if (!out) throw CheckpointError("cannot write '" + path.string() + "'");
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw CheckpointError("cannot create '" + path.string() + "': " + errno_text());
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const std::string err = errno_text();
+      ::close(fd);
+      throw CheckpointError("cannot write '" + path.string() + "': " + err);
+    }
+    done += static_cast<size_t>(n);
   }
-  sync_path(path, false);
+  const int rc = ::fsync(fd);
+  const std::string err = rc != 0 ? errno_text() : "";
+  if (::close(fd) != 0 && rc == 0) throw CheckpointError("cannot close '" + path.string() + "': " + errno_text());
+  if (rc != 0) throw CheckpointError("fsync of '" + path.string() + "' failed: " + err);
+}
+
+uint32_t crc32c(const std::string& bytes) {
+  boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
+  crc.process_bytes(bytes.data(), bytes.size());
+  return crc.checksum();
 }
 
 std::string utc_now() {
@@ -54,13 +69,26 @@ std::string utc_now() {
   return buf;
 }
 
-nlohmann::json to_json(const Manifest& m) {
+void write_manifest(const fs::path& dir, const Manifest& m) {
   nlohmann::json files = nlohmann::json::array();
   for (const auto& f : m.files) files.push_back({{"name", f.name}, {"size", f.size}, {"crc32c", f.crc32c}});
-  return {{"format_version", m.format_version}, {"atelier_version", m.atelier_version},
-          {"step", m.step}, {"epoch", m.epoch}, {"world_size", m.world_size},
-          {"config_hash", m.config_hash}, {"created", m.created}, {"files", files}};
+  const nlohmann::json j = {{"format_version", m.format_version}, {"atelier_version", m.atelier_version},
+                            {"step", m.step}, {"epoch", m.epoch}, {"world_size", m.world_size},
+                            {"config_hash", m.config_hash}, {"created", m.created}, {"files", files}};
+  write_file_synced(dir / kManifest, j.dump(2) + "\n");
 }
+
+void point_latest_to(const fs::path& checkpoints_dir, const fs::path& target) {
+  const auto tmp = checkpoints_dir / (std::string(kLatest) + ".tmp");
+  write_file_synced(tmp, target.filename().string() + "\n");
+  fs::rename(tmp, checkpoints_dir / kLatest);
+  sync_path(checkpoints_dir, true);
+}
+
+}  // namespace detail
+
+namespace {
+using namespace detail;
 
 // step-<N> -> N, or -1 for any other name.
 int64_t step_of(const fs::path& dir) {
@@ -93,12 +121,6 @@ std::vector<FileEntry> describe_files(const fs::path& staging) {
   return files;
 }
 
-void point_latest_to(const fs::path& checkpoints_dir, const fs::path& target) {
-  const auto tmp = checkpoints_dir / (std::string(kLatest) + ".tmp");
-  write_file_synced(tmp, target.filename().string() + "\n");
-  fs::rename(tmp, checkpoints_dir / kLatest);
-  sync_path(checkpoints_dir, true);
-}
 
 }  // namespace
 
@@ -126,9 +148,8 @@ fs::path save(const fs::path& checkpoints_dir, const CheckpointInfo& info,
     fs::remove_all(staging);
     fs::create_directories(staging);
     write_files(staging);
-    Manifest manifest{1, atelier_version(), info.step, info.epoch, info.world_size, info.config_hash, utc_now(),
-                      describe_files(staging)};
-    write_file_synced(staging / kManifest, to_json(manifest).dump(2) + "\n");
+    write_manifest(staging, {1, atelier_version(), info.step, info.epoch, info.world_size, info.config_hash,
+                             utc_now(), describe_files(staging)});
     sync_path(staging, true);
     // A checkpoint of the same step (a repeated save) is replaced whole.
     if (fs::exists(final_dir)) fs::remove_all(final_dir);

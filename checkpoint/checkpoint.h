@@ -10,11 +10,14 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "comm/comm.h"
 
 namespace atelier::checkpoint {
 
@@ -97,5 +100,102 @@ uint32_t file_crc32c(const std::filesystem::path& path);
 
 // Checkpoint format and version of this build, recorded in every manifest.
 std::string atelier_version();
+
+// ---------------------------------------------------------------------------
+// The coordinator: one checkpoint written by every rank of a job.
+//
+// Two-phase commit over a shared run directory. Phase 1: every rank writes
+// its own state under `rank-<r>/` of a staging directory whose name the
+// ranks agreed on, fsyncs it and reports each file's size and CRC-32C in a
+// small vote file; rank 0 also writes the replicated state once. Phase 2:
+// rank 0, once every rank voted yes, checks the parts are all there, writes
+// manifest.json listing every file of every rank, renames the directory to
+// step-<N>, fsyncs the parent, moves LATEST and applies retention. A failed
+// part (any rank) aborts the checkpoint: the staging directory goes, the
+// previous checkpoints stay as they were.
+
+// One file of a checkpoint, already serialised in host memory.
+struct StateFile {
+  std::string name;   // relative path inside the checkpoint (or rank-<r>/)
+  std::string bytes;  // the file's content
+};
+
+struct SaveRequest {
+  CheckpointInfo info;
+  std::vector<StateFile> shared;  // replicated state (weights, optimisers): written by rank 0 only
+  std::vector<StateFile> own;     // this rank's state (RNG, data cursor): written under rank-<r>/
+};
+
+// A save requested while the previous one is still being written.
+enum class WhenBusy { Wait, Skip };
+
+struct CoordinatorOptions {
+  bool async = true;                   // write on a background thread; the step pays only for the snapshot
+  WhenBusy when_busy = WhenBusy::Wait;  // at most one save in flight: wait for it, or skip the new one
+  int64_t keep = 3;                    // retention (see retain())
+  int64_t keep_every = 0;
+  std::string hook;                    // shell command run by rank 0 after each commit ("" = none)
+  double timeout_s = 300;              // how long rank 0 waits for the other ranks' parts
+};
+
+// What became of one save.
+struct SaveOutcome {
+  int64_t step = 0;
+  bool committed = false;
+  std::filesystem::path path;  // step-<N> when committed
+  std::string error;           // why not, when not
+};
+
+class CheckpointCoordinator {
+ public:
+  // Collective: the ranks agree on a name for this job's staging directories.
+  CheckpointCoordinator(std::filesystem::path checkpoints_dir, std::shared_ptr<comm::Communicator> comm,
+                        CoordinatorOptions options);
+  // Waits for a save still in flight and for hook commands; never throws.
+  ~CheckpointCoordinator();
+  CheckpointCoordinator(const CheckpointCoordinator&) = delete;
+  CheckpointCoordinator& operator=(const CheckpointCoordinator&) = delete;
+
+  // Collective (every rank, same step). Starts writing `request`; with
+  // async the write goes on in the background. When a save is still in
+  // flight, waits for it (its outcome is logged) or, with WhenBusy::Skip,
+  // returns false without saving.
+  bool save(SaveRequest request);
+
+  // Collective. Waits until the save in flight is committed or aborted on
+  // every rank; std::nullopt when none was in flight.
+  std::optional<SaveOutcome> finish();
+
+  // The newest step this coordinator committed, or -1.
+  int64_t last_committed_step() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// ---------------------------------------------------------------------------
+// Stopping on a signal (what SLURM's --signal and preemption send).
+
+// Exit code of a job that stopped on SIGUSR1/SIGTERM after writing its
+// checkpoint: "temporary failure, try again" (sysexits' EX_TEMPFAIL). The
+// launcher requeues on it; `--resume` continues where it stopped.
+constexpr int kExitStopped = 75;
+
+// While alive, SIGUSR1 and SIGTERM only set a flag (a second signal during
+// the final save changes nothing); the previous handlers come back after.
+class StopSignals {
+ public:
+  StopSignals();
+  ~StopSignals();
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+  // The first signal this process received, or 0.
+  int received() const;
+  // Collective, at a step boundary: the signal any rank received (the
+  // lowest-numbered rank's), or 0, so that every rank stops at the same step.
+  int agree(comm::Communicator& comm) const;
+};
 
 }  // namespace atelier::checkpoint

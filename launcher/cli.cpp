@@ -2,6 +2,7 @@
 // clear message and an exit code here, and nowhere else.
 #include <spdlog/spdlog.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -36,6 +37,11 @@ int run_train(const TrainArgs& args) {
   }
   set_up_logging(config.run.log_level);
   const auto result = trainer::train(config, yaml, args.resume);
+  if (result.stop_signal != 0) {
+    spdlog::warn("stopped on signal {} after step {}, checkpoint {}: continue with --resume (exit code {})",
+                 result.stop_signal, result.last_step, result.checkpoint, checkpoint::kExitStopped);
+    return checkpoint::kExitStopped;
+  }
   spdlog::info("done: {} steps; run directory {}", result.last_step, result.run_dir);
   if (result.rank != 0) return 0;  // rank 0 wrote the run directory and reports it
   std::cout << "\nResults in " << result.run_dir << "/:\n"
@@ -86,6 +92,9 @@ int run(int argc, char** argv) {
   add_launch_command(app, exit_code);
   add_explain_command(app, exit_code);
   set_up_logging("info");
+  // A file-size limit (ulimit -f) must fail the write that exceeds it with
+  // EFBIG, which the checkpoint code reports, not kill the process silently.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,3 +1,5 @@
+#include <sstream>
+
 #include "trainer/adain_gan.h"
 
 namespace atelier::trainer {
@@ -117,11 +119,18 @@ torch::Tensor AdaINGAN::stylize(const torch::Tensor& content, const torch::Tenso
   return out;
 }
 
-void AdaINGAN::save(const fs::path& dir) {
-  torch::save(generator, (dir / "generator.pt").string());
-  torch::save(discriminator, (dir / "discriminator.pt").string());
-  torch::save(*optimizer_g_, (dir / "optimizer_g.pt").string());
-  torch::save(*optimizer_d_, (dir / "optimizer_d.pt").string());
+namespace {
+template <typename T>
+checkpoint::StateFile serialised(const std::string& name, const T& value) {
+  std::ostringstream bytes;
+  torch::save(value, bytes);
+  return {name, bytes.str()};
+}
+}  // namespace
+
+std::vector<checkpoint::StateFile> AdaINGAN::snapshot() {
+  return {serialised("generator.pt", generator), serialised("discriminator.pt", discriminator),
+          serialised("optimizer_g.pt", *optimizer_g_), serialised("optimizer_d.pt", *optimizer_d_)};
 }
 
 void AdaINGAN::load(const fs::path& dir) {

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "checkpoint/checkpoint.h"
 #include "trainer/trainer.h"
 
 namespace atelier::trainer {
@@ -38,9 +39,10 @@ class AdaINGAN {
   // Stylised images for samples, without gradients.
   torch::Tensor stylize(const torch::Tensor& content, const torch::Tensor& style);
 
-  // Networks and optimiser moments as generator.pt, discriminator.pt,
-  // optimizer_g.pt, optimizer_d.pt in `dir`.
-  void save(const std::filesystem::path& dir);
+  // Networks and optimiser moments serialised in memory, as the files
+  // generator.pt, discriminator.pt, optimizer_g.pt, optimizer_d.pt; load()
+  // reads them back from a checkpoint directory.
+  std::vector<checkpoint::StateFile> snapshot();
   void load(const std::filesystem::path& dir);
 
   models::AdaINGenerator generator{nullptr};

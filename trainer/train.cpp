@@ -2,7 +2,6 @@
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
 
-#include <boost/crc.hpp>
 #include <cmath>
 #include <fstream>
 #include <iomanip>
@@ -12,6 +11,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "trainer/adain_gan.h"
+#include "trainer/checkpointing.h"
 #include "trainer/event_file.h"
 #include "trainer/run_files.h"
 #include "trainer/trainer.h"
@@ -19,26 +19,6 @@
 namespace atelier::trainer {
 namespace fs = std::filesystem;
 namespace {
-
-constexpr const char* kTrainerState = "trainer_state.json";
-constexpr const char* kRng = "rng.pt";
-// Every checkpoint carries the configuration it was trained with, so tools
-// (explain, stylize) can rebuild its networks from the checkpoint alone.
-constexpr const char* kConfig = "config.yaml";
-
-// What identifies a run's configuration: the resolved YAML and its hash.
-struct RunConfigText {
-  std::string yaml;
-  std::string hash;
-};
-
-std::string config_hash(const std::string& resolved_yaml) {
-  boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
-  crc.process_bytes(resolved_yaml.data(), resolved_yaml.size());
-  std::ostringstream hex;
-  hex << std::hex << std::setw(8) << std::setfill('0') << crc.checksum();
-  return hex.str();
-}
 
 // Sends log lines to <run>/log.txt as well as the console; step lines go to
 // the file only while a progress line owns the terminal.
@@ -61,57 +41,10 @@ struct RunLog {
   std::shared_ptr<spdlog::logger> file_only;
 };
 
-struct Resumed {
-  int64_t step = 0;
-  data::Cursor cursor;
-  std::string checkpoint;
-};
-
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::trunc);
   out << text;
   if (!out) throw TrainError("cannot write '" + path.string() + "'");
-}
-
-void save_checkpoint(const fs::path& run_dir, const Config& config, const RunConfigText& text, AdaINGAN& gan,
-                     int64_t step, const data::Cursor& cursor, int world_size, std::string& last_path) {
-  checkpoint::CheckpointInfo info{step, cursor.epoch, world_size, text.hash};
-  auto path = checkpoint::save(run_dir / "checkpoints", info, [&](const fs::path& dir) {
-    gan.save(dir);
-    torch::save(at::detail::getDefaultCPUGenerator().get_state(), (dir / kRng).string());
-    const nlohmann::json state = {{"step", step}, {"cursor", {{"epoch", cursor.epoch}, {"index", cursor.index}}}};
-    write_text(dir / kTrainerState, state.dump(2) + "\n");
-    write_text(dir / kConfig, text.yaml);
-  });
-  checkpoint::retain(run_dir / "checkpoints", config.checkpoint.keep);
-  last_path = path.string();
-  spdlog::info("checkpoint {}", path.string());
-}
-
-Resumed resume_from_latest(const fs::path& run_dir, const std::string& hash, AdaINGAN& gan, int world_size) {
-  const auto found = checkpoint::latest(run_dir / "checkpoints");
-  if (!found) throw TrainError("--resume: no complete checkpoint under " + (run_dir / "checkpoints").string());
-  const auto manifest = checkpoint::read_manifest(*found);
-  // The global batch and each rank's slice of it depend on the world size:
-  // resuming with another one would not continue the same sample stream.
-  if (manifest.world_size != world_size)
-    throw TrainError("--resume: " + found->string() + " was trained by " + std::to_string(manifest.world_size) +
-                     " rank(s) but this job has " + std::to_string(world_size) +
-                     ": resume with the same number of ranks (mpirun -np " + std::to_string(manifest.world_size) + ")");
-  if (manifest.config_hash != hash)
-    spdlog::warn("resuming {} with a configuration that differs from the one it was saved with", found->string());
-  gan.load(*found);
-  torch::Tensor rng;
-  torch::load(rng, (*found / kRng).string());
-  at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle to the global generator
-  generator.set_state(rng);
-  std::ifstream in(*found / kTrainerState);
-  const auto state = nlohmann::json::parse(in);
-  Resumed r{state.at("step").get<int64_t>(),
-            {state.at("cursor").at("epoch").get<int64_t>(), state.at("cursor").at("index").get<int64_t>()},
-            found->string()};
-  spdlog::info("resuming from {} (step {})", r.checkpoint, r.step);
-  return r;
 }
 
 data::LoaderOptions loader_options(const Config& config, const comm::Communicator& comm) {
@@ -224,12 +157,31 @@ struct Run {
   std::optional<RunLog> log;  // rank 0 only
 };
 
-void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, const Resumed& start,
+checkpoint::CoordinatorOptions coordinator_options(const Config& config) {
+  const auto& c = config.checkpoint;
+  return {c.async, c.when_busy, c.keep, c.keep_every, c.hook, config.dist.timeout_s};
+}
+
+// The checkpoint that ends a run (its last step, or a stop on a signal) must
+// be on disk before the job exits: a failure here fails the run.
+std::string final_checkpoint(checkpoint::CheckpointCoordinator& coordinator, Run& run, AdaINGAN& gan,
+                             const RunPosition& position, double lr) {
+  coordinator.save(checkpoint_request(gan, position, run.comm->world_size(), run.text, lr));
+  const auto outcome = coordinator.finish();
+  if (!outcome || !outcome->committed)
+    throw TrainError("the checkpoint of step " + std::to_string(position.step) +
+                     " failed: " + (outcome ? outcome->error : std::string("not written")));
+  return outcome->path.string();
+}
+
+void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, const RunPosition& start,
                TrainResult& result) {
   const auto& config = run.config;
   const int64_t total = config.train.steps;
   const bool leader = run.comm->rank() == 0;
   data::PrefetchLoader loader(loader_opts, start.cursor);
+  checkpoint::CheckpointCoordinator coordinator(run.dir / "checkpoints", run.comm, coordinator_options(config));
+  const checkpoint::StopSignals signals;
   std::optional<RunWriters> writers;
   torch::Tensor sample_content, sample_style;
   if (leader) {
@@ -238,10 +190,13 @@ void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, 
     spdlog::info("training {} steps of batch {} x {} rank(s) at {} px in {}", total - start.step,
                  config.train.batch_size, run.comm->world_size(), config.data.augment.crop_size, run.dir.string());
   }
+  RunPosition position = start;
+  double lr = lr_factor(config.optim, start.step, total);
   for (int64_t step = start.step + 1; step <= total; ++step) {
     const auto batch = loader.next();
-    const double lr = lr_factor(config.optim, step - 1, total);
+    lr = lr_factor(config.optim, step - 1, total);
     const auto losses = average_losses(*run.comm, gan.step(batch.content, batch.style, lr));
+    position = {step, loader.cursor()};
     if (!std::isfinite(losses.g) || !std::isfinite(losses.d))
       throw TrainError("non-finite loss at step " + std::to_string(step) + ": " + format_losses(losses));
     if (config.dist.verify_every > 0 && step % config.dist.verify_every == 0 && run.comm->world_size() > 1)
@@ -251,13 +206,20 @@ void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, 
       if (due(step, config.train.sample_every, total))
         write_sample_grid(run.dir / "samples", step, sample_content, sample_style,
                           gan.stylize(sample_content, sample_style), writers->events);
-      if (due(step, config.checkpoint.every_steps, total))
-        save_checkpoint(run.dir, config, run.text, gan, step, loader.cursor(), run.comm->world_size(),
-                        result.checkpoint);
     }
-    result = {run.dir.string(), start.step, step, losses.g, losses.d, result.checkpoint, run.comm->rank()};
+    result = {run.dir.string(), start.step, step, losses.g, losses.d, result.checkpoint, run.comm->rank(), 0};
+    // Every rank looks at the signals at the same boundary, so all of them
+    // stop after the same step and save it together.
+    if (const int signal = signals.agree(*run.comm); signal != 0) {
+      if (leader) spdlog::warn("signal {} received: checkpointing step {} and stopping", signal, step);
+      result.stop_signal = signal;
+      break;
+    }
+    if (step != total && step % config.checkpoint.every_steps == 0)
+      coordinator.save(checkpoint_request(gan, position, run.comm->world_size(), run.text, lr));
   }
   if (writers) writers->events.flush();
+  result.checkpoint = final_checkpoint(coordinator, run, gan, position, lr);
 }
 
 void check_sources(const Config& config) {
@@ -276,9 +238,12 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   // Every rank makes the same checks on the same (shared) directory, so a
   // refusal ends every rank with the same message instead of a hang.
   fs::create_directories(run.dir / "checkpoints");
-  if (!resume && checkpoint::latest(run.dir / "checkpoints"))
+  const auto found = checkpoint::latest(run.dir / "checkpoints");
+  if (!resume && found)
     throw TrainError("run directory " + run.dir.string() +
                      " already has checkpoints: pass --resume to continue it, or choose another run.name");
+  if (resume && !found)
+    throw TrainError("--resume: no complete checkpoint under " + (run.dir / "checkpoints").string());
   if (leader) {
     run.log.emplace(run.dir / "log.txt");
     write_text(run.dir / "config.yaml", resolved_yaml);
@@ -291,12 +256,17 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   if (leader && !gan.generator->encoder->pretrained())
     spdlog::warn("model.vgg_weights is not set: using a fixed random VGG (seed {}) as encoder and loss network",
                  config.model.generator.encoder.random_seed);
-  Resumed start;
-  if (resume) start = resume_from_latest(run.dir, run.text.hash, gan, run.comm->world_size());
+  // Per-rank randomness draws from (seed, rank); a resume restores each
+  // rank's own generator instead.
+  if (!leader) torch::manual_seed(rank_seed(config.train.seed, run.comm->rank()));
+  RunPosition start;
+  if (resume) {
+    start = restore_checkpoint(*found, gan, run.comm->rank(), run.comm->world_size(), run.text.hash);
+    if (leader) spdlog::info("resuming from {} (step {})", found->string(), start.step);
+  }
   gan.sync_replicas();
-  if (!leader) torch::manual_seed(rank_seed(config.train.seed + static_cast<uint64_t>(start.step), run.comm->rank()));
 
-  TrainResult result{run.dir.string(), start.step, start.step, 0, 0, start.checkpoint, run.comm->rank()};
+  TrainResult result{run.dir.string(), start.step, start.step, 0, 0, found ? found->string() : "", run.comm->rank(), 0};
   if (start.step >= config.train.steps) {
     spdlog::info("nothing to do: {} of {} steps already done", start.step, config.train.steps);
     return result;

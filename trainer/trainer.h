@@ -2,6 +2,7 @@
 // metrics, TensorBoard, samples and checkpoints of a run directory.
 #pragma once
 
+#include "checkpoint/checkpoint.h"
 #include "comm/comm.h"
 #include "data/data.h"
 #include "models/models.h"
@@ -69,8 +70,12 @@ struct TrainOptions {
 };
 
 struct CheckpointOptions {
-  int64_t every_steps = 100;  // a checkpoint every N steps (and at the end)
+  int64_t every_steps = 100;  // a checkpoint every N steps (and at the end, and on SIGUSR1/SIGTERM)
   int64_t keep = 3;           // newest checkpoints kept; older ones are deleted
+  int64_t keep_every = 0;     // also keep every step that is a multiple of this; 0 = none
+  bool async = true;          // write in the background; the step pays only for copying state to memory
+  checkpoint::WhenBusy when_busy = checkpoint::WhenBusy::Wait;  // a save due while one is still written
+  std::string hook;           // shell command after each checkpoint ($ATELIER_CHECKPOINT, $ATELIER_STEP)
 };
 
 // Data-parallel training across ranks (mpirun, srun, `atelier launch`).
@@ -110,8 +115,9 @@ struct TrainResult {
   int64_t last_step = 0;      // steps completed
   double loss_g = 0.0;        // generator loss of the last step
   double loss_d = 0.0;        // discriminator loss of the last step
-  std::string checkpoint;     // the final checkpoint directory (rank 0 only)
+  std::string checkpoint;     // the last checkpoint directory written
   int rank = 0;               // this process's rank; only rank 0 writes the run directory
+  int stop_signal = 0;        // SIGUSR1/SIGTERM when the run stopped early on one (after its checkpoint)
 };
 
 // Trains the configured model in <run.dir>/<run.name>, data-parallel when
@@ -119,9 +125,11 @@ struct TrainResult {
 // rank holds a replica, takes its slice of each global batch and averages
 // gradients; only rank 0 writes the run directory. Writes config.yaml
 // (the given resolved YAML), log.txt, metrics.jsonl, tb/, samples/ and
-// checkpoints/. With `resume`, continues from checkpoints/LATEST (an error
-// if there is none); without it, an existing checkpoint is an error so that
-// a run is never silently overwritten.
+// checkpoints/. With `resume`, continues from the newest checkpoint that
+// verifies (an error if there is none); without it, an existing checkpoint
+// is an error so that a run is never silently overwritten. SIGUSR1 or
+// SIGTERM on any rank stops every rank at the same step boundary after a
+// checkpoint of that step (TrainResult::stop_signal says so).
 TrainResult train(const Config& config, const std::string& resolved_yaml, bool resume);
 
 }  // namespace atelier::trainer

@@ -13,6 +13,7 @@
 #include "models/models.h"
 #include "tests/comm/run_command.h"
 #include "tests/support/pattern_images.h"
+#include "tests/support/tiny_run.h"
 
 namespace atelier::comm {
 namespace {
@@ -29,34 +30,12 @@ class DistTrain : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(root); }
 
-  // `atelier train` arguments of a tiny run (32 px, width 4).
   std::string tiny(const std::string& name, int steps, int batch) const {
-    std::string args;
-    const std::vector<std::string> sets = {
-        "run.dir=" + (root / "runs").string(), "run.name=" + name, "run.log_level=warn",
-        "data.content=" + (root / "content").string(), "data.style=" + (root / "style").string(),
-        "data.load_size=40", "data.crop_size=32", "data.workers=1", "model.encoder_width=4",
-        "model.decoder_width=4", "model.disc_width=4", "train.threads=1", "train.steps=" + std::to_string(steps),
-        "train.batch_size=" + std::to_string(batch), "train.sample_every=1000", "train.sample_count=1",
-        "checkpoint.every_steps=1000", "dist.timeout_s=120"};
-    for (const auto& s : sets)
-      args += " --set " + s;
-    return args;
+    return testing_support::tiny_train_args(root, name, steps, batch);
   }
 
   std::map<std::string, torch::Tensor> parameters(const fs::path& ckpt) const {
-    models::GeneratorOptions go;
-    go.encoder.width = go.decoder.width = 4;
-    models::DiscriminatorOptions dopt;
-    dopt.width = 4;
-    models::AdaINGenerator g(go);
-    models::PatchDiscriminator d(dopt);
-    torch::load(g, (ckpt / "generator.pt").string());
-    torch::load(d, (ckpt / "discriminator.pt").string());
-    std::map<std::string, torch::Tensor> out;
-    for (const auto& p : g->named_parameters()) out["G." + p.key()] = p.value();
-    for (const auto& p : d->named_parameters()) out["D." + p.key()] = p.value();
-    return out;
+    return testing_support::checkpoint_parameters(ckpt);
   }
 
   nlohmann::json manifest(const fs::path& ckpt) const {

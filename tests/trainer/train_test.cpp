@@ -103,6 +103,24 @@ TEST_F(TinyRun, ResumedRunEndsWithTheSameParametersAsAnUninterruptedOne) {
   EXPECT_EQ(count_lines(fs::path(resumed.run_dir) / "metrics.jsonl"), 20);
 }
 
+// Checkpoints every 3 steps written in the background (and one policy that
+// skips saves) against inline writes: the training itself is unchanged.
+TEST_F(TinyRun, AsyncCheckpointsDoNotChangeTheResult) {
+  auto inline_config = tiny("inline", 12);
+  inline_config.checkpoint.every_steps = 3;
+  inline_config.checkpoint.async = false;
+  auto async_config = tiny("async", 12);
+  async_config.checkpoint.every_steps = 3;
+  async_config.checkpoint.when_busy = checkpoint::WhenBusy::Skip;
+  const auto a = train(inline_config, "a", false);
+  const auto b = train(async_config, "a", false);
+  const auto expected = parameters(inline_config, a.checkpoint);
+  const auto actual = parameters(async_config, b.checkpoint);
+  for (const auto& [name, value] : expected) EXPECT_TRUE(torch::equal(value, actual.at(name))) << name;
+  EXPECT_EQ(fs::path(b.checkpoint).filename(), "step-12");
+  EXPECT_TRUE(checkpoint::verifies(b.checkpoint));
+}
+
 TEST_F(TinyRun, ExistingCheckpointsWithoutResumeAreRefused) {
   train(tiny("once", 10), "x", false);
   EXPECT_THROW(train(tiny("once", 10), "x", false), TrainError);

@@ -1,0 +1,45 @@
+// SIGUSR1/SIGTERM turned into a stop that every rank agrees on.
+#include <csignal>
+
+#include "checkpoint/checkpoint.h"
+
+namespace atelier::checkpoint {
+namespace {
+
+volatile std::sig_atomic_t g_received = 0;
+
+extern "C" void remember_signal(int signal) {
+  if (g_received == 0) g_received = signal;  // the first one counts; later ones change nothing
+}
+
+struct sigaction g_previous_usr1 {};
+struct sigaction g_previous_term {};
+
+}  // namespace
+
+StopSignals::StopSignals() {
+  g_received = 0;
+  struct sigaction action {};
+  action.sa_handler = remember_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;  // file and MPI calls carry on; the step boundary looks at the flag
+  sigaction(SIGUSR1, &action, &g_previous_usr1);
+  sigaction(SIGTERM, &action, &g_previous_term);
+}
+
+StopSignals::~StopSignals() {
+  sigaction(SIGUSR1, &g_previous_usr1, nullptr);
+  sigaction(SIGTERM, &g_previous_term, nullptr);
+}
+
+int StopSignals::received() const { return static_cast<int>(g_received); }
+
+int StopSignals::agree(comm::Communicator& comm) const {
+  if (comm.world_size() == 1) return received();
+  const auto all = comm.all_gather(torch::tensor({static_cast<int64_t>(received())}));
+  for (int r = 0; r < comm.world_size(); ++r)
+    if (const auto signal = all[r].item<int64_t>(); signal != 0) return static_cast<int>(signal);
+  return 0;
+}
+
+}  // namespace atelier::checkpoint
