@@ -54,10 +54,41 @@ void write_file_synced(const fs::path& path, const std::string& bytes) {
   if (rc != 0) throw CheckpointError("fsync of '" + path.string() + "' failed: " + err);
 }
 
+namespace {
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t crc32c_hardware(uint32_t state, const char* data, size_t size) {
+  uint64_t crc = state;
+  for (; size >= 8; data += 8, size -= 8) {
+    uint64_t word;
+    std::memcpy(&word, data, 8);
+    crc = __builtin_ia32_crc32di(crc, word);
+  }
+  auto crc32 = static_cast<uint32_t>(crc);
+  for (; size > 0; ++data, --size) crc32 = __builtin_ia32_crc32qi(crc32, static_cast<unsigned char>(*data));
+  return crc32;
+}
+const bool kHardwareCrc = __builtin_cpu_supports("sse4.2");
+#else
+uint32_t crc32c_hardware(uint32_t, const char*, size_t) { return 0; }
+const bool kHardwareCrc = false;
+#endif
+
+}  // namespace
+
+bool Crc32c::hardware_available() { return kHardwareCrc; }
+
+void Crc32c::update(const char* data, size_t size) {
+  if (hardware_) state_ = crc32c_hardware(state_, data, size);
+  else table_.process_bytes(data, size);
+}
+
+uint32_t Crc32c::value() const { return hardware_ ? ~state_ : table_.checksum(); }
+
 uint32_t crc32c(const std::string& bytes) {
-  boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
-  crc.process_bytes(bytes.data(), bytes.size());
-  return crc.checksum();
+  Crc32c crc;
+  crc.update(bytes.data(), bytes.size());
+  return crc.value();
 }
 
 std::string utc_now() {
@@ -129,13 +160,13 @@ std::string atelier_version() { return "0.1.0"; }
 uint32_t file_crc32c(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw CheckpointError("cannot read '" + path.string() + "'");
-  boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
+  Crc32c crc;
   std::vector<char> buf(1 << 20);
   while (in) {
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    crc.process_bytes(buf.data(), static_cast<size_t>(in.gcount()));
+    crc.update(buf.data(), static_cast<size_t>(in.gcount()));
   }
-  return crc.checksum();
+  return crc.value();
 }
 
 fs::path save(const fs::path& checkpoints_dir, const CheckpointInfo& info,

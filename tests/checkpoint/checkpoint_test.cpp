@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <functional>
 #include <random>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/files.h"
 
 namespace atelier::checkpoint {
 namespace {
@@ -56,6 +58,25 @@ TEST_F(CheckpointDir, Crc32cOfKnownBytesIsTheStandardCheckValue) {
   EXPECT_EQ(file_crc32c(dir / "check"), 0xE3069283u);
 }
 
+// The SSE4.2 instruction and Boost's table agree on every length and split.
+TEST(Crc32c, HardwareAndTableAgreeAcrossChunkBoundaries) {
+  std::mt19937 rng(7);
+  std::string bytes(10007, '\0');
+  for (auto& b : bytes) b = static_cast<char>(rng());
+  for (size_t split : {0, 1, 7, 8, 9, 4096, 10006}) {
+    detail::Crc32c hardware, table(false);
+    for (auto* crc : {&hardware, &table}) {
+      crc->update(bytes.data(), split);
+      crc->update(bytes.data() + split, bytes.size() - split);
+    }
+    EXPECT_EQ(hardware.value(), table.value()) << split;
+    EXPECT_EQ(hardware.value(), detail::crc32c(bytes)) << split;
+  }
+  detail::Crc32c check;
+  check.update("123456789", 9);
+  EXPECT_EQ(check.value(), 0xE3069283u);
+}
+
 TEST_F(CheckpointDir, VerifyRejectsAFlippedByteAndAMissingFile) {
   const auto path = save_step(1, "abcdef");
   {
@@ -93,6 +114,31 @@ TEST_F(CheckpointDir, LatestSkipsACorruptNewestCheckpoint) {
   const auto newest = save_step(2, "second");
   std::ofstream(newest / "weights.bin", std::ios::trunc) << "tampered";
   EXPECT_EQ(latest(dir), dir / "step-1");
+}
+
+// Each kind of damage to the newest checkpoint makes resume fall back to the
+// previous one.
+TEST_F(CheckpointDir, LatestFallsBackOnTruncatedFlippedMissingFileOrMissingManifest) {
+  const std::vector<std::pair<std::string, std::function<void(const fs::path&)>>> damages = {
+      {"truncated", [](const fs::path& p) { fs::resize_file(p / "weights.bin", 3); }},
+      {"flipped byte",
+       [](const fs::path& p) {
+         std::fstream f(p / "weights.bin", std::ios::in | std::ios::out | std::ios::binary);
+         f.seekp(0);
+         f.put('#');
+       }},
+      {"missing file", [](const fs::path& p) { fs::remove(p / "ranks" / "rank-0.json"); }},
+      {"missing manifest", [](const fs::path& p) { fs::remove(p / "manifest.json"); }},
+  };
+  for (const auto& [what, damage] : damages) {
+    fs::remove_all(dir);
+    save_step(1, "first");
+    const auto newest = save_step(2, "second");
+    damage(newest);
+    EXPECT_FALSE(verifies(newest)) << what;
+    EXPECT_EQ(latest(dir), dir / "step-1") << what;
+    EXPECT_EQ(resolve(dir), dir / "step-1") << what;
+  }
 }
 
 TEST_F(CheckpointDir, LatestIsEmptyWithoutCheckpointsAndIgnoresStagingDirectories) {
