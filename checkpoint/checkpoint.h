@@ -136,6 +136,7 @@ struct CoordinatorOptions {
   int64_t keep_every = 0;
   std::string hook;                    // shell command run by rank 0 after each commit ("" = none)
   double timeout_s = 300;              // how long rank 0 waits for the other ranks' parts
+  int64_t hook_every_steps = 0;        // run the hook only for steps that are multiples of this; 0 = every one
 };
 
 // What became of one save.

@@ -183,7 +183,8 @@ void CheckpointCoordinator::State::commit(const SaveRequest& request, std::vecto
   } catch (const std::exception& e) {
     spdlog::warn("checkpoint retention failed (the new checkpoint is intact): {}", e.what());
   }
-  if (!options.hook.empty()) run_hook(final_dir);
+  if (!options.hook.empty() && (options.hook_every_steps <= 0 || info.step % options.hook_every_steps == 0))
+    run_hook(final_dir);
 }
 
 // The hook runs beside training (an explainer job may take minutes); its

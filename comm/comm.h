@@ -99,6 +99,11 @@ void average_gradients(Communicator& comm, const std::vector<torch::Tensor>& par
 // replicas start identical. Ranks first agree on count, shapes and dtypes.
 void broadcast_from_rank0(Communicator& comm, const std::vector<torch::Tensor>& tensors);
 
+// Every rank's `text` (of any length), in rank order: for results that
+// rank 0 assembles (explanations, evaluations). Two collectives: the
+// lengths, then the bytes padded to the longest.
+std::vector<std::string> all_gather_strings(Communicator& comm, const std::string& text);
+
 // CRC-32C of the bytes of `tensors`, for checking that replicas agree.
 uint32_t checksum(const std::vector<torch::Tensor>& tensors);
 

@@ -1,6 +1,7 @@
 // The backend choice, the world-of-one communicator, and the small helpers
 // built on any Communicator.
 #include <boost/crc.hpp>
+#include <cstring>
 #include <sstream>
 
 #include "comm/comm.h"
@@ -42,6 +43,20 @@ std::shared_ptr<Communicator> make_communicator(const Environment& env, const Co
   throw CommError("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
                   " was started with torchrun-style variables (RANK, WORLD_SIZE) but this build has no NCCL "
                   "backend (LibTorch without CUDA): launch CPU jobs with mpirun or `atelier launch -n N`");
+}
+
+std::vector<std::string> all_gather_strings(Communicator& comm, const std::string& text) {
+  const auto lengths = comm.all_gather(torch::tensor({static_cast<int64_t>(text.size())}));
+  const int64_t longest = lengths.max().item<int64_t>();
+  if (longest == 0) return std::vector<std::string>(static_cast<size_t>(comm.world_size()));
+  auto bytes = torch::zeros({longest}, torch::kUInt8);
+  std::memcpy(bytes.data_ptr<uint8_t>(), text.data(), text.size());
+  const auto all = comm.all_gather(bytes);
+  std::vector<std::string> out;
+  for (int r = 0; r < comm.world_size(); ++r)
+    out.emplace_back(reinterpret_cast<const char*>(all[r].data_ptr<uint8_t>()),
+                     static_cast<size_t>(lengths[r].item<int64_t>()));
+  return out;
 }
 
 void average_gradients(Communicator& comm, const std::vector<torch::Tensor>& parameters) {

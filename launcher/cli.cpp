@@ -8,17 +8,21 @@
 #include <memory>
 
 #include "checkpoint/checkpoint.h"
+#include "comm/comm.h"
 #include "launcher/commands.h"
 #include "launcher/launcher.h"
 
 namespace atelier::launcher {
 namespace {
 
-// Rank for log prefixes, from whichever launcher started us.
+// Rank for log prefixes, from whichever launcher started us (comm/ reads
+// the variables). A malformed variable is reported when training starts.
 int env_rank() {
-  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "RANK"})
-    if (const char* value = std::getenv(name)) return std::atoi(value);
-  return 0;
+  try {
+    return comm::detect_environment().rank;
+  } catch (const comm::CommError&) {
+    return 0;
+  }
 }
 
 struct TrainArgs {

@@ -212,6 +212,8 @@ std::vector<Field> make_fields() {
              "a checkpoint due while the previous one is still being written"),
       text("checkpoint.hook", AT(checkpoint.hook),
            "shell command run after each checkpoint ($ATELIER_CHECKPOINT, $ATELIER_STEP); empty = none"),
+      integer("checkpoint.hook_every_steps", AT(checkpoint.hook_every_steps), 0, kBig,
+              "run the hook only for steps that are multiples of this (0 = every checkpoint)"),
       choice<std::string>("dist.backend", AT(dist.backend), {{"auto", "auto"}, {"mpi", "mpi"}},
              "collectives backend (auto: MPI when launched by mpirun/srun)"),
       real("dist.bucket_mb", AT(dist.bucket_mb), 1e-3, 4096, "gradient all-reduce bucket size (MiB)"),

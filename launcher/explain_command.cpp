@@ -8,7 +8,9 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <sstream>
 
+#include "comm/comm.h"
 #include "explain/explain.h"
 #include "launcher/commands.h"
 #include "launcher/launcher.h"
@@ -33,21 +35,14 @@ std::string allowed_methods() {
   return list;
 }
 
-// Under mpirun every rank would redo every pair and race on the same files;
-// until the pair split over comm/ lands, only rank 0 works.
-bool other_rank() {
-  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
-  return rank && std::atoi(rank) > 0;
-}
-
 int run_explain(const ExplainArgs& args) {
   for (const auto& m : args.methods)
     if (std::find(explain::method_names().begin(), explain::method_names().end(), m) == explain::method_names().end())
       throw ConfigError("--methods: unknown explanation method '" + m + "' (allowed: " + allowed_methods() + ")");
-  if (other_rank()) {
-    spdlog::info("explain runs on rank 0 only; this rank has nothing to do");
-    return 0;
-  }
+  // Under mpirun the pairs are split across ranks (pair p on rank
+  // p % world_size); every rank writes its pair-<p>/ files, rank 0 gathers
+  // the summaries and writes the report.
+  const auto comm = comm::make_communicator(comm::detect_environment(), {});
   const fs::path dir = explain::resolve_checkpoint(args.checkpoint);
   // The networks' shapes come from the checkpoint's own config.yaml.
   const auto config = checkpoint_config(dir);
@@ -65,9 +60,19 @@ int run_explain(const ExplainArgs& args) {
   options.size = args.size > 0 ? args.size : config.data.augment.crop_size;
   options.methods = args.methods;
   options.threads = args.threads;
-  spdlog::info("explaining {} ({} content x {} style images at {} px) into {}", dir.string(), args.content.size(),
-               args.style.size(), options.size, args.out);
-  explain::explain_checkpoint(options);
+  options.rank = comm->rank();
+  options.world_size = comm->world_size();
+  spdlog::info("explaining {} ({} content x {} style images at {} px, {} rank(s)) into {}", dir.string(),
+               args.content.size(), args.style.size(), options.size, comm->world_size(), args.out);
+  std::string mine;
+  for (const auto& summary : explain::explain_pairs(options)) mine += summary + "\n";
+  std::vector<std::string> summaries;
+  for (const auto& part : comm::all_gather_strings(*comm, mine)) {
+    std::istringstream lines(part);
+    for (std::string line; std::getline(lines, line);) summaries.push_back(line);
+  }
+  if (comm->rank() != 0) return 0;
+  explain::write_report(options, summaries);
   std::cout << "\nExplanations in " << args.out << "/:\n"
             << "  report.html    index: configuration, loss curves, pairs (open in a browser)\n"
             << "  pair-<p>.html  every explanation of one (content, style) pair\n"

@@ -159,7 +159,7 @@ struct Run {
 
 checkpoint::CoordinatorOptions coordinator_options(const Config& config) {
   const auto& c = config.checkpoint;
-  return {c.async, c.when_busy, c.keep, c.keep_every, c.hook, config.dist.timeout_s};
+  return {c.async, c.when_busy, c.keep, c.keep_every, c.hook, config.dist.timeout_s, c.hook_every_steps};
 }
 
 // The checkpoint that ends a run (its last step, or a stop on a signal) must

@@ -76,6 +76,7 @@ struct CheckpointOptions {
   bool async = true;          // write in the background; the step pays only for copying state to memory
   checkpoint::WhenBusy when_busy = checkpoint::WhenBusy::Wait;  // a save due while one is still written
   std::string hook;           // shell command after each checkpoint ($ATELIER_CHECKPOINT, $ATELIER_STEP)
+  int64_t hook_every_steps = 0;  // the hook only for steps that are multiples of this; 0 = every checkpoint
 };
 
 // Data-parallel training across ranks (mpirun, srun, `atelier launch`).

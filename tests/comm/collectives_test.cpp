@@ -76,6 +76,18 @@ TEST(Collectives, BroadcastFromEveryRoot) {
   EXPECT_THROW(comm.broadcast(t, comm.world_size()), CommError);
 }
 
+TEST(Collectives, AllGatherStringsOfDifferentLengthsInRankOrder) {
+  auto& comm = world();
+  const std::string mine = std::string(static_cast<size_t>(comm.rank() * 5), 'x') + "rank " +
+                           std::to_string(comm.rank()) + std::string(1, '\0') + "end";
+  const auto all = all_gather_strings(comm, mine);
+  ASSERT_EQ(all.size(), static_cast<size_t>(comm.world_size()));
+  for (int r = 0; r < comm.world_size(); ++r)
+    EXPECT_EQ(all[r], std::string(static_cast<size_t>(r * 5), 'x') + "rank " + std::to_string(r) +
+                          std::string(1, '\0') + "end");
+  EXPECT_EQ(all_gather_strings(comm, ""), std::vector<std::string>(static_cast<size_t>(comm.world_size())));
+}
+
 TEST(Collectives, AllGatherStacksEveryRankInOrder) {
   auto& comm = world();
   const auto all = comm.all_gather(ramp(5, at::kDouble, comm.rank()).reshape({5, 1}));

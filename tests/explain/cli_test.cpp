@@ -6,11 +6,15 @@
 #include <filesystem>
 #include <fstream>
 #include <opencv2/imgcodecs.hpp>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "checkpoint/checkpoint.h"
 #include "models/models.h"
+#include "tests/comm/run_command.h"
 #include "tests/launcher/run_atelier.h"
+#include "tests/support/pattern_images.h"
+#include "tests/support/tiny_run.h"
 
 namespace {
 namespace fs = std::filesystem;
@@ -65,6 +69,56 @@ TEST_F(ExplainCli, BadInputsExitWithAMessageNamingThem) {
                     " --style " + (root / "a.png").string() + " --out " + (root / "out").string());
   EXPECT_EQ(ran.status, 1) << ran.output;
   EXPECT_NE(ran.output.find("b.jpg"), std::string::npos) << ran.output;
+}
+
+std::vector<std::string> files_under(const fs::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& entry : fs::recursive_directory_iterator(dir))
+    if (entry.is_regular_file()) out.push_back(fs::relative(entry.path(), dir).string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Under mpirun the pairs are split across ranks; rank 0 assembles the same
+// report, the same files and the same numbers as a single process.
+TEST_F(ExplainCli, TwoRanksWriteTheSameFilesAndNumbersAsOne) {
+  cv::Mat img(40, 40, CV_8UC3);
+  cv::randu(img, 0, 255);
+  cv::imwrite((root / "b.png").string(), img);
+  const std::string inputs = " --checkpoint " + (root / "run").string() + " --content " + (root / "a.png").string() +
+                             " " + (root / "b.png").string() + " --style " + (root / "a.png").string() + " " +
+                             (root / "b.png").string() + " --size 32 --methods saliency gradcam features --threads 1";
+  const auto one = run_atelier("explain" + inputs + " --out " + (root / "one").string());
+  ASSERT_EQ(one.status, 0) << one.output;
+  const auto two = atelier::comm::testing::run_command("timeout 240 " + atelier::comm::testing::mpirun(2) +
+                                                       ATELIER_BINARY + " explain" + inputs + " --out " +
+                                                       (root / "two").string());
+  ASSERT_EQ(two.status, 0) << two.output;
+  EXPECT_NE(two.output.find("2 rank(s)"), std::string::npos) << two.output;
+  EXPECT_EQ(files_under(root / "one"), files_under(root / "two"));
+  EXPECT_TRUE(fs::exists(root / "two" / "pair-3" / "saliency_content.png"));
+  std::ifstream a(root / "one" / "summary.json"), b(root / "two" / "summary.json");
+  EXPECT_EQ(nlohmann::json::parse(a), nlohmann::json::parse(b));
+}
+
+// The checkpoint hook runs the explainer beside training, on every second
+// checkpoint here, so explanations follow the run.
+TEST_F(ExplainCli, CheckpointHookExplainsCheckpointsAsTrainingGoes) {
+  atelier::testing_support::write_pattern_images(root / "content", 3, 1);
+  atelier::testing_support::write_pattern_images(root / "style", 2, 2);
+  const auto run = root / "runs" / "hooked";
+  const std::string hook = std::string(ATELIER_BINARY) +
+                           " explain --checkpoint $ATELIER_CHECKPOINT --content " + (root / "a.png").string() +
+                           " --style " + (root / "a.png").string() + " --methods saliency --out " + run.string() +
+                           "/explain/step-$ATELIER_STEP";
+  const auto trained = run_atelier("train" + atelier::testing_support::tiny_train_args(root, "hooked", 6, 1, 2) +
+                                   " --set 'checkpoint.hook=" + hook + "' --set checkpoint.hook_every_steps=4" +
+                                   " --set checkpoint.keep=5");
+  ASSERT_EQ(trained.status, 0) << trained.output;
+  EXPECT_TRUE(fs::exists(run / "explain" / "step-4" / "report.html"));
+  EXPECT_TRUE(fs::exists(run / "explain" / "step-4" / "pair-0" / "saliency_content.png"));
+  EXPECT_FALSE(fs::exists(run / "explain" / "step-2")) << "hook_every_steps=4 ran the hook for step 2";
+  EXPECT_FALSE(fs::exists(run / "explain" / "step-6"));
 }
 
 }  // namespace
