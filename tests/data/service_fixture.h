@@ -43,10 +43,10 @@ class ServiceTest : public ::testing::Test {
 
   // Shards the content and style folders into shards/content and shards/style.
   void shard_all() {
-    for (const std::string& what : {"content", "style"}) {
+    for (const char* what : {"content", "style"}) {
       data::ShardOptions options;
       options.input = path(what).string();
-      options.output = path("shards/" + what).string();
+      options.output = path(std::string("shards/") + what).string();
       options.shard_bytes = 4096;  // several shards even for tiny images
       data::write_shards(options);
     }
