@@ -167,8 +167,9 @@ void Connection::fail(const std::string& why) {
 
 void Connection::send(proto::Type type, const std::vector<uint8_t>& payload, bool then_close) {
   const auto header = proto::encode_header(type, static_cast<uint32_t>(payload.size()));
-  auto message = std::make_shared<std::vector<uint8_t>>(header.begin(), header.end());
-  message->insert(message->end(), payload.begin(), payload.end());
+  auto message = std::make_shared<std::vector<uint8_t>>(header.size() + payload.size());
+  std::copy(header.begin(), header.end(), message->begin());
+  std::copy(payload.begin(), payload.end(), message->begin() + static_cast<std::ptrdiff_t>(header.size()));
   control_.push_back(std::move(message));
   close_after_ = close_after_ || then_close;
   write_next();
