@@ -27,6 +27,20 @@ double images_per_second(data::BatchSource& source, int64_t batches, int64_t bat
   return static_cast<double>(batches * batch_size) / s;
 }
 
+// The photographs (JPEG only, like the usual pipeline's input) copied to
+// root/images and sharded into root/shards; returns how many.
+int64_t copy_and_shard(const fs::path& images, const fs::path& root) {
+  fs::create_directories(root / "images");
+  int64_t count = 0;
+  for (const auto& entry : fs::directory_iterator(images))
+    if (entry.path().extension() == ".jpg" && fs::file_size(entry.path()) > 0) {
+      fs::copy_file(entry.path(), root / "images" / entry.path().filename());
+      ++count;
+    }
+  data::write_shards({(root / "images").string(), (root / "shards").string(), int64_t{64} << 20});
+  return count;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -50,16 +64,8 @@ int main(int argc, char** argv) {
   app.add_flag("--exact-jpeg", exact_jpeg, "server decodes JPEGs at full size");
   CLI11_PARSE(app, argc, argv);
 
-  // The photographs (JPEG only, like the usual pipeline's input), copied and sharded.
   const fs::path root = fs::temp_directory_path() / ("atelier-loader-bench-" + std::to_string(::getpid()));
-  fs::create_directories(root / "images");
-  int64_t count = 0;
-  for (const auto& entry : fs::directory_iterator(images))
-    if (entry.path().extension() == ".jpg" && fs::file_size(entry.path()) > 0) {
-      fs::copy_file(entry.path(), root / "images" / entry.path().filename());
-      ++count;
-    }
-  data::write_shards({(root / "images").string(), (root / "shards").string(), int64_t{64} << 20});
+  const int64_t count = copy_and_shard(images, root);
 
   data::LoaderOptions folder;
   folder.content = folder.style = data::list_images({(root / "images").string()});
