@@ -6,6 +6,12 @@
 // threads that runs ahead of training. Everything is a pure function of
 // (seed, cursor): the same seed and cursor give the same batches whatever the
 // number of workers, which is what exact resume needs.
+//
+// The same batches can come from a loader service instead (`atelier shard`,
+// `atelier serve-data`): images packed into checksummed shards, decoded and
+// augmented by servers that share the folder loader's sampler, streamed to
+// each rank over TCP (docs/loader-protocol.md). The trainer reads either
+// through BatchSource.
 #pragma once
 
 #include <torch/types.h>
@@ -83,6 +89,10 @@ struct Cursor {
   }
 };
 
+// Global sample number of a cursor (epoch * content images + index), and back.
+int64_t sample_at(const Cursor& cursor, int64_t content_count);
+Cursor cursor_at(int64_t sample, int64_t content_count);
+
 // One training batch: `content` and `style` are float [B, 3, S, S] in [-1, 1].
 struct ContentStyleBatch {
   torch::Tensor content;
@@ -102,27 +112,192 @@ struct LoaderOptions {
   int64_t world_size = 1;  // global batch = batch_size * world_size
 };
 
+// Where the trainer's batches come from: the in-process PrefetchLoader or the
+// loader service's ServiceLoader. Both yield the same batches for the same
+// options and start cursor.
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  // The next batch; blocks until it is ready. Throws DataError when it cannot be had.
+  virtual ContentStyleBatch next() = 0;
+  // The cursor after the last batch next() returned (where a resume starts).
+  virtual Cursor cursor() const = 0;
+  // Distinct images that failed to decode so far.
+  virtual int64_t skipped_files() const = 0;
+  // Seconds next() spent waiting since construction.
+  virtual double wait_seconds() const = 0;
+};
+
 // Streams ContentStyleBatch from a pool of worker threads, `prefetch` batches
 // ahead. Sample order: content follows a permutation of the content images
 // drawn from (seed, epoch); style follows its own permutations, independent
 // of content; augmentation randomness is drawn per sample from (seed, sample).
 // A file that fails to decode is replaced by the next sample of the same
 // order, warned about once and counted. Deterministic for (options, start).
-class PrefetchLoader {
+class PrefetchLoader : public BatchSource {
  public:
   PrefetchLoader(LoaderOptions options, Cursor start = {});
-  ~PrefetchLoader();
+  ~PrefetchLoader() override;
   PrefetchLoader(const PrefetchLoader&) = delete;
   PrefetchLoader& operator=(const PrefetchLoader&) = delete;
 
   // The next batch; blocks until it is decoded. Rethrows a worker's error.
-  ContentStyleBatch next();
-  // The cursor after the last batch next() returned (where a resume starts).
-  Cursor cursor() const;
+  ContentStyleBatch next() override;
+  Cursor cursor() const override;
   // Distinct files that failed to decode so far.
-  int64_t skipped_files() const;
+  int64_t skipped_files() const override;
   // Seconds next() spent waiting for workers since construction.
-  double wait_seconds() const;
+  double wait_seconds() const override;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// ---------------------------------------------------------------------------
+// Shards: immutable files of checksummed image records plus an index
+// (docs/loader-protocol.md describes the bytes). Records keep list_images
+// order, so a shard set samples exactly like the folder it was made from.
+
+struct ShardOptions {
+  std::string input;                     // folder of images (list_images rules)
+  std::string output;                    // folder for shard-NNNNN.bin and index.json
+  int64_t shard_bytes = int64_t{256} << 20;  // a new shard starts past this size
+};
+
+struct ShardReport {
+  int64_t records = 0;              // images packed
+  int64_t shards = 0;               // shard files written (or already there)
+  std::vector<std::string> corrupt;  // inputs left out, each "path: reason"
+  bool unchanged = false;            // the output already matched the input: nothing written
+};
+
+// Packs the images under options.input into shards. Every image is decoded
+// once to check it; one that does not decode is reported in `corrupt` and
+// left out. Re-running on an unchanged input (same paths, sizes and
+// modification times) writes nothing. Files appear by rename only when
+// complete. Throws DataError naming the folder or file on I/O errors.
+ShardReport write_shards(const ShardOptions& options);
+
+// One record of a shard set, as its index describes it.
+struct ShardRecord {
+  std::string key;      // path relative to the sharded folder
+  std::string shard;    // shard file name inside the shard folder
+  int64_t offset = 0;   // of the record header in the shard file
+  int64_t length = 0;   // image bytes
+  uint32_t crc32c = 0;  // CRC-32C of the image bytes
+  int64_t width = 0;    // pixels, measured when sharding
+  int64_t height = 0;
+  bool jpeg = false;    // the bytes are a JPEG (reduced decoding applies)
+};
+
+// Reads a shard folder. Opening checks the index against the files (magic,
+// version, every offset and length inside its file, under the caps) and
+// throws DataError naming the file on any mismatch. Thread-safe.
+class ShardReader {
+ public:
+  explicit ShardReader(const std::string& folder);
+  int64_t size() const { return static_cast<int64_t>(records_.size()); }
+  const ShardRecord& record(int64_t index) const { return records_.at(static_cast<size_t>(index)); }
+  // The image bytes of record `index`. A record whose header disagrees with
+  // the index or whose bytes fail their checksum yields false and `why`.
+  bool read(int64_t index, std::vector<unsigned char>& bytes, std::string& why) const;
+  // CRC-32C over every key and checksum: servers of the same shards agree on it.
+  uint32_t fingerprint() const { return fingerprint_; }
+  const std::string& folder() const { return folder_; }
+
+ private:
+  std::string folder_;
+  std::vector<ShardRecord> records_;
+  uint32_t fingerprint_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+// Loader service: `atelier serve-data` runs a LoaderServer; each training rank
+// reads through a ServiceLoader connected to every server.
+
+// The job token from a file (trailing whitespace dropped). Throws DataError
+// naming the file when it is missing or empty.
+std::string read_token_file(const std::string& path);
+
+struct ServerOptions {
+  std::string content;          // shard folder of content images
+  std::string style;            // shard folder of style images
+  std::string host = "0.0.0.0";  // address to listen on
+  int port = 0;                 // 0: an ephemeral port (see LoaderServer::port)
+  std::string token;            // the job token clients must prove they hold
+  int64_t workers = 4;          // decode/augment threads
+  int64_t io_threads = 1;       // threads running the Asio io_context
+  int64_t queue_batches = 4;    // per client: requests accepted but not yet sent
+  bool reduced_jpeg = true;     // decode big JPEGs at 1/2, 1/4 or 1/8 size (see docs)
+};
+
+// Counters of a running server, for logs and tests.
+struct ServerStats {
+  int64_t connections = 0;          // accepted so far
+  int64_t refused = 0;              // hellos with a wrong token
+  int64_t oversize = 0;             // messages refused for their length
+  int64_t batches_sent = 0;         // batches fully written
+  int64_t queued_batches = 0;       // requests accepted and not yet sent, all clients
+  int64_t peak_client_queue = 0;    // most requests one client ever had queued
+  int64_t skipped_records = 0;      // records that failed their checksum or decode
+};
+
+// Serves decoded, augmented batches from two shard folders over TCP: one
+// io_context run by `io_threads`, decoding on a pool of `workers`, at most
+// `queue_batches` requests per client in flight (the server stops reading
+// from a client that does not read its batches). Starts listening in the
+// constructor; stop() or the destructor closes every connection and joins
+// every thread.
+class LoaderServer {
+ public:
+  explicit LoaderServer(ServerOptions options);
+  ~LoaderServer();
+  LoaderServer(const LoaderServer&) = delete;
+  LoaderServer& operator=(const LoaderServer&) = delete;
+
+  int port() const;          // the port actually bound
+  void stop();               // idempotent
+  ServerStats stats() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+struct ServiceOptions {
+  std::vector<std::string> servers;  // "host:port" of every server, same shards
+  std::string token;                 // the job token (never sent; see the protocol)
+  AugmentOptions augment;
+  int64_t batch_size = 4;   // per rank
+  int64_t prefetch = 4;     // batches requested ahead of the consumer
+  uint64_t seed = 0;
+  int64_t rank = 0;
+  int64_t world_size = 1;
+  double timeout_s = 60;    // a server silent this long counts as dead
+};
+
+// A BatchSource that streams this rank's batches from loader servers: it
+// connects to all of them (authenticating each), spreads the next `prefetch`
+// batches over them, hands batches out in order, and when a server fails
+// re-requests its missing batches from the others, so no sample is lost or
+// repeated. The batches equal PrefetchLoader's for the same options and
+// folder (docs/loader-protocol.md says when reduced JPEG decoding differs).
+// Throws DataError naming the servers when none can be used.
+class ServiceLoader : public BatchSource {
+ public:
+  ServiceLoader(ServiceOptions options, Cursor start = {});
+  ~ServiceLoader() override;
+  ServiceLoader(const ServiceLoader&) = delete;
+  ServiceLoader& operator=(const ServiceLoader&) = delete;
+
+  ContentStyleBatch next() override;
+  Cursor cursor() const override;
+  // Most records any server reported skipped.
+  int64_t skipped_files() const override;
+  double wait_seconds() const override;
+  // Servers still connected.
+  int64_t live_servers() const;
 
  private:
   struct State;

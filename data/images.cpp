@@ -76,10 +76,6 @@ bool read_file(const std::string& path, std::vector<uchar>& bytes, std::string& 
   return true;
 }
 
-bool looks_like_jpeg(const std::vector<uchar>& bytes) {
-  return bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF;
-}
-
 // A JPEG cut short still "decodes": libjpeg only warns on stderr and fills
 // the missing rows with grey, so OpenCV returns a plausible image that would
 // silently poison training. A complete file has an end-of-image marker
@@ -116,14 +112,36 @@ detail::Crop random_crop(cv::Size image, const AugmentOptions& options, uint64_t
   return crop;
 }
 
+// x / 127.5 - 1 for every byte: exact at 0 and 255, and one table shared by
+// every path that turns pixels into floats.
+const std::array<float, 256>& unit_table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int v = 0; v < 256; ++v) t[static_cast<size_t>(v)] = static_cast<float>(v) / 127.5f - 1.0f;
+    return t;
+  }();
+  return table;
+}
+
+// Writes the crop as interleaved uint8 RGB, mirroring on the way when asked.
+void write_bytes_hwc(const cv::Mat& rgb, const detail::Crop& crop, uint8_t* out) {
+  const int s = crop.size;
+  for (int y = 0; y < s; ++y) {
+    const uchar* row = rgb.ptr<uchar>(crop.y + y);
+    uint8_t* o = out + static_cast<size_t>(y) * static_cast<size_t>(s) * 3;
+    for (int x = 0; x < s; ++x) {
+      const uchar* pixel = row + 3 * (crop.x + (crop.flip ? s - 1 - x : x));
+      o[3 * x] = pixel[0];
+      o[3 * x + 1] = pixel[1];
+      o[3 * x + 2] = pixel[2];
+    }
+  }
+}
+
 // Writes the crop as planar float RGB in [-1, 1] (x / 127.5 - 1, exact at
 // 0 and 255), mirroring on the way when asked.
 void write_normalized_chw(const cv::Mat& rgb, const detail::Crop& crop, float* out) {
-  static const std::array<float, 256> kUnit = [] {
-    std::array<float, 256> table{};
-    for (int v = 0; v < 256; ++v) table[static_cast<size_t>(v)] = static_cast<float>(v) / 127.5f - 1.0f;
-    return table;
-  }();
+  const std::array<float, 256>& kUnit = unit_table();
   const int s = crop.size;
   const size_t plane = static_cast<size_t>(s) * static_cast<size_t>(s);
   for (int y = 0; y < s; ++y) {
@@ -142,16 +160,32 @@ void write_normalized_chw(const cv::Mat& rgb, const detail::Crop& crop, float* o
 
 namespace detail {
 
+bool looks_like_jpeg(const std::vector<uchar>& bytes) {
+  return bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF;
+}
+
 cv::Mat read_rgb(const std::string& path, std::string& why) {
   std::vector<uchar> bytes;
   if (!read_file(path, bytes, why)) return {};
+  return decode_rgb(bytes, 1, why);
+}
+
+cv::Mat decode_rgb(const std::vector<uchar>& bytes, int reduce, std::string& why) {
+  if (bytes.empty()) {
+    why = "empty file";
+    return {};
+  }
   if (looks_like_jpeg(bytes) && !jpeg_is_complete(bytes)) {
     why = "truncated JPEG (no end-of-image marker after the last scan)";
     return {};
   }
+  const int flags = reduce == 8   ? cv::IMREAD_REDUCED_COLOR_8
+                    : reduce == 4 ? cv::IMREAD_REDUCED_COLOR_4
+                    : reduce == 2 ? cv::IMREAD_REDUCED_COLOR_2
+                                  : cv::IMREAD_COLOR;
   cv::Mat image;
   try {
-    image = cv::imdecode(bytes, cv::IMREAD_COLOR);
+    image = cv::imdecode(bytes, flags);
   } catch (const cv::Exception& e) {
     why = e.err;
     return {};
@@ -193,6 +227,23 @@ void augment_into(const cv::Mat& rgb, const AugmentOptions& options, uint64_t se
   check_augment_options(options);
   const cv::Mat resized = resize_shorter_side(rgb, options.load_size);
   write_normalized_chw(resized, random_crop(resized.size(), options, seed), out);
+}
+
+void augment_into_bytes(const cv::Mat& rgb, const AugmentOptions& options, uint64_t seed, uint8_t* out) {
+  check_rgb_image(rgb);
+  check_augment_options(options);
+  const cv::Mat resized = resize_shorter_side(rgb, options.load_size);
+  write_bytes_hwc(resized, random_crop(resized.size(), options, seed), out);
+}
+
+void bytes_to_unit_chw(const uint8_t* hwc, int64_t side, float* out) {
+  const std::array<float, 256>& kUnit = unit_table();
+  const size_t plane = static_cast<size_t>(side) * static_cast<size_t>(side);
+  for (size_t i = 0; i < plane; ++i) {
+    out[i] = kUnit[hwc[3 * i]];
+    out[plane + i] = kUnit[hwc[3 * i + 1]];
+    out[2 * plane + i] = kUnit[hwc[3 * i + 2]];
+  }
 }
 
 void check_centre_size(int64_t size) {

@@ -9,7 +9,7 @@
 // instead of drawn from a generator that workers would share.
 #include "data/data.h"
 #include "data/pixels.h"
-#include "data/seeding.h"
+#include "data/sampler.h"
 
 #include <opencv2/core.hpp>
 #include <spdlog/spdlog.h>
@@ -21,7 +21,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -30,23 +29,19 @@
 namespace atelier::data {
 namespace {
 
-using detail::Stream;
-using Order = std::shared_ptr<const std::vector<int64_t>>;
+// The image files of a folder source, decoded in full (no reduced JPEG
+// decoding, so a folder run sees the files' exact pixels).
+class FolderImages : public detail::ImageList {
+ public:
+  explicit FolderImages(std::vector<std::string> files) : files_(std::move(files)) {}
+  int64_t size() const override { return static_cast<int64_t>(files_.size()); }
+  std::string name(int64_t index) const override { return files_[static_cast<size_t>(index)]; }
+  cv::Mat decode(int64_t index, int64_t /*load_size*/, std::string& why) const override {
+    return detail::read_rgb(name(index), why);
+  }
 
-// Permutations kept per image list; workers only touch passes close to the
-// consumer's, so a few are enough and older ones can be rebuilt if needed.
-constexpr size_t kCachedPasses = 8;
-
-// One image list (content or style) and how samples are drawn from it:
-// global sample n lies in pass n / N at position n % N of that pass's
-// permutation. For content a pass is an epoch; style cycles independently.
-struct ImageStream {
-  std::string name;                 // "content" or "style", for messages
-  std::vector<std::string> files;   // the images, in list_images order
-  Stream order_stream;              // seeds each pass's permutation
-  Stream augment_stream;            // seeds each sample's crop and flip
-  std::mutex orders_mutex;          // guards `orders`
-  std::map<int64_t, Order> orders;  // recent passes' permutations, by pass
+ private:
+  std::vector<std::string> files_;  // in list_images order
 };
 
 // A batch as a worker left it: the batch, or the error that prevented it.
@@ -80,6 +75,10 @@ void check_options(const LoaderOptions& options, const Cursor& start) {
               ") is outside the " + std::to_string(count) + " content images; did the content change?");
 }
 
+}  // namespace
+
+namespace detail {
+
 // The workers already decode in parallel; OpenCV's own thread pool inside
 // every resize would oversubscribe the cores. The setting is process-wide,
 // and changing it rebuilds OpenCV's TBB arena under any thread using it, so
@@ -91,16 +90,16 @@ void keep_opencv_single_threaded() {
   });
 }
 
-}  // namespace
+}  // namespace detail
 
 struct PrefetchLoader::State {
   LoaderOptions options;
   int64_t start_sample = 0;  // global number of the first sample of batch 0
-  ImageStream content;
-  ImageStream style;
-
-  mutable std::mutex skipped_mutex;  // guards `skipped`
-  std::set<std::string> skipped;     // files that failed to decode
+  std::unique_ptr<FolderImages> content_files;  // options.content
+  std::unique_ptr<FolderImages> style_files;    // options.style
+  detail::BadImages bad;                        // files that failed to decode, both lists
+  std::unique_ptr<detail::Sampler> content;     // draws content samples
+  std::unique_ptr<detail::Sampler> style;       // draws style samples
 
   mutable std::mutex mutex;             // guards everything below
   std::condition_variable work_cv;      // workers wait for room in the window
@@ -115,10 +114,6 @@ struct PrefetchLoader::State {
   ~State();
   void work();
   ContentStyleBatch build(int64_t number);
-  void fill(ImageStream& images, int64_t sample, float* out);
-  Order permutation(ImageStream& images, int64_t pass) const;
-  bool known_bad(const std::string& path) const;
-  void mark_bad(const std::string& path, const std::string& why);
   Cursor cursor_of(int64_t sample) const;
 };
 
@@ -163,93 +158,42 @@ void PrefetchLoader::State::work() {
   }
 }
 
-// Global batch g covers global samples start + g*B*W ... + (g+1)*B*W - 1;
-// this rank takes the B of them starting at offset rank*B.
+// Batch `number` holds this rank's slice of global batch `number` (sampler.h).
 ContentStyleBatch PrefetchLoader::State::build(int64_t number) {
   const int64_t batch_size = options.batch_size;
   const int64_t side = options.augment.crop_size;
-  const int64_t global_first = start_sample + number * batch_size * options.world_size;
-  const int64_t first = global_first + options.rank * batch_size;
+  const int64_t first =
+      detail::rank_first_sample(start_sample, number, batch_size, options.rank, options.world_size);
   ContentStyleBatch batch;
   batch.content = torch::empty({batch_size, 3, side, side}, torch::kFloat);
   batch.style = torch::empty({batch_size, 3, side, side}, torch::kFloat);
-  batch.start = cursor_of(global_first);
+  batch.start = cursor_of(first - options.rank * batch_size);
   const int64_t sample_floats = 3 * side * side;
+  std::vector<uint8_t> pixels(static_cast<size_t>(side * side * 3));
   // Stopping is checked per sample so the destructor waits for one image, not one batch.
   for (int64_t i = 0; i < batch_size && !stopping; ++i) {
-    fill(content, first + i, batch.content.data_ptr<float>() + i * sample_floats);
-    fill(style, first + i, batch.style.data_ptr<float>() + i * sample_floats);
+    content->draw(first + i, options.augment, pixels.data());
+    detail::bytes_to_unit_chw(pixels.data(), side, batch.content.data_ptr<float>() + i * sample_floats);
+    style->draw(first + i, options.augment, pixels.data());
+    detail::bytes_to_unit_chw(pixels.data(), side, batch.style.data_ptr<float>() + i * sample_floats);
   }
   return batch;
 }
 
-// Decodes and augments global sample `sample` of `images` into `out`. A file
-// that cannot be decoded is replaced by the next one of the same pass's
-// permutation (wrapping around), so the replacement is deterministic.
-void PrefetchLoader::State::fill(ImageStream& images, int64_t sample, float* out) {
-  const auto count = static_cast<int64_t>(images.files.size());
-  const Order order = permutation(images, sample / count);
-  const int64_t position = sample % count;
-  for (int64_t attempt = 0; attempt < count; ++attempt) {
-    const auto index = static_cast<size_t>((position + attempt) % count);
-    const std::string& path = images.files[static_cast<size_t>((*order)[index])];
-    if (known_bad(path)) continue;
-    std::string why;
-    const cv::Mat rgb = detail::read_rgb(path, why);
-    if (rgb.empty()) {
-      mark_bad(path, why);
-      continue;
-    }
-    const uint64_t seed =
-        detail::derive_seed(options.seed, images.augment_stream, static_cast<uint64_t>(sample));
-    detail::augment_into(rgb, options.augment, seed, out);
-    return;
-  }
-  throw DataError("no readable images in the " + images.name + " list (" + std::to_string(count) +
-                  " files, all failed to decode)");
-}
-
-Order PrefetchLoader::State::permutation(ImageStream& images, int64_t pass) const {
-  std::lock_guard<std::mutex> lock(images.orders_mutex);
-  const auto found = images.orders.find(pass);
-  if (found != images.orders.end()) return found->second;
-  const uint64_t seed = detail::derive_seed(options.seed, images.order_stream, static_cast<uint64_t>(pass));
-  auto order = std::make_shared<const std::vector<int64_t>>(
-      detail::shuffled_indices(static_cast<int64_t>(images.files.size()), seed));
-  images.orders.emplace(pass, order);
-  if (images.orders.size() > kCachedPasses) images.orders.erase(images.orders.begin());
-  return order;
-}
-
-bool PrefetchLoader::State::known_bad(const std::string& path) const {
-  std::lock_guard<std::mutex> lock(skipped_mutex);
-  return skipped.count(path) > 0;
-}
-
-void PrefetchLoader::State::mark_bad(const std::string& path, const std::string& why) {
-  std::lock_guard<std::mutex> lock(skipped_mutex);
-  if (skipped.insert(path).second) spdlog::warn("skipping unreadable image {}: {}", path, why);
-}
-
 Cursor PrefetchLoader::State::cursor_of(int64_t sample) const {
-  const auto count = static_cast<int64_t>(content.files.size());
-  return Cursor{sample / count, sample % count};
+  return cursor_at(sample, content_files->size());
 }
 
 PrefetchLoader::PrefetchLoader(LoaderOptions options, Cursor start) : state_(std::make_unique<State>()) {
   check_options(options, start);
   State& s = *state_;
-  s.content.name = "content";
-  s.content.files = options.content;
-  s.content.order_stream = Stream::kContentOrder;
-  s.content.augment_stream = Stream::kContentAugment;
-  s.style.name = "style";
-  s.style.files = options.style;
-  s.style.order_stream = Stream::kStyleOrder;
-  s.style.augment_stream = Stream::kStyleAugment;
-  s.start_sample = start.epoch * static_cast<int64_t>(options.content.size()) + start.index;
+  s.start_sample = sample_at(start, static_cast<int64_t>(options.content.size()));
+  s.content_files = std::make_unique<FolderImages>(options.content);
+  s.style_files = std::make_unique<FolderImages>(options.style);
+  s.content = std::make_unique<detail::Sampler>(*s.content_files, "content", options.seed, s.bad);
+  s.style = std::make_unique<detail::Sampler>(*s.style_files, "style", options.seed, s.bad);
   s.options = std::move(options);
-  keep_opencv_single_threaded();
+  detail::keep_opencv_single_threaded();
   s.workers.reserve(static_cast<size_t>(s.options.workers));
   for (int64_t i = 0; i < s.options.workers; ++i) s.workers.emplace_back([&s] { s.work(); });
 }
@@ -285,10 +229,15 @@ Cursor PrefetchLoader::cursor() const {
   return s.cursor_of(s.start_sample + s.consumed * s.options.batch_size * s.options.world_size);
 }
 
-int64_t PrefetchLoader::skipped_files() const {
-  std::lock_guard<std::mutex> lock(state_->skipped_mutex);
-  return static_cast<int64_t>(state_->skipped.size());
+int64_t sample_at(const Cursor& cursor, int64_t content_count) {
+  return cursor.epoch * content_count + cursor.index;
 }
+
+Cursor cursor_at(int64_t sample, int64_t content_count) {
+  return Cursor{sample / content_count, sample % content_count};
+}
+
+int64_t PrefetchLoader::skipped_files() const { return state_->bad.count(); }
 
 double PrefetchLoader::wait_seconds() const {
   std::lock_guard<std::mutex> lock(state_->mutex);

@@ -10,12 +10,22 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace atelier::data::detail {
 
 // Decodes `path` to an RGB CV_8UC3 image. On failure returns an empty Mat and
 // sets `why` to the reason (the loader warns with it, decode_image throws).
 cv::Mat read_rgb(const std::string& path, std::string& why);
+
+// Decodes encoded image bytes (JPEG, PNG, BMP) to RGB CV_8UC3; `reduce` is 1,
+// 2, 4 or 8: a JPEG is then decoded at 1/reduce of its size by libjpeg's
+// DCT scaling (cv::IMREAD_REDUCED_COLOR_*), much cheaper than a full decode.
+// Same failure contract as read_rgb.
+cv::Mat decode_rgb(const std::vector<uchar>& bytes, int reduce, std::string& why);
+
+// True when `bytes` start with the JPEG signature.
+bool looks_like_jpeg(const std::vector<uchar>& bytes);
 
 // Scales an image so that its shorter side is `size`, keeping the aspect
 // ratio; returns the input itself when it already has that size.
@@ -36,11 +46,24 @@ void check_augment_options(const AugmentOptions& options);
 // `out` as float [3, crop, crop] in [-1, 1]. Everything random comes from `seed`.
 void augment_into(const cv::Mat& rgb, const AugmentOptions& options, uint64_t seed, float* out);
 
+// The same crop as 8-bit pixels, written to `out` as uint8 [crop, crop, 3]
+// (HWC, RGB): what the loader service sends over the wire.
+void augment_into_bytes(const cv::Mat& rgb, const AugmentOptions& options, uint64_t seed, uint8_t* out);
+
+// uint8 [side, side, 3] RGB to float [3, side, side] in [-1, 1] with the same
+// table augment_into uses, so bytes then floats equals floats directly, bit
+// for bit.
+void bytes_to_unit_chw(const uint8_t* hwc, int64_t side, float* out);
+
 // Throws DataError unless 1 <= size <= 65536.
 void check_centre_size(int64_t size);
 
 // Resize + centre crop of an RGB CV_8UC3 image, written to `out` as float
 // [3, size, size] in [-1, 1].
 void centre_into(const cv::Mat& rgb, int64_t size, float* out);
+
+// Sets OpenCV to one thread, once per process: the loaders' workers already
+// decode in parallel, and OpenCV's own pool would oversubscribe the cores.
+void keep_opencv_single_threaded();
 
 }  // namespace atelier::data::detail

@@ -168,8 +168,12 @@ std::vector<Field> make_fields() {
       choice<Norm>("model.disc_norm", AT(model.discriminator.norm),
              {{"instance", Norm::Instance}, {"batch", Norm::Batch}, {"none", Norm::None}},
              "PatchGAN normalisation"),
+      choice<std::string>("data.source", AT(data.source), {{"folder", "folder"}, {"service", "service"}},
+             "folder: decode images in process; service: stream batches from data.servers"),
       list("data.content", AT(data.content), "content image folders or files"),
       list("data.style", AT(data.style), "style image folders or files"),
+      list("data.servers", AT(data.servers), "service: loader servers as host:port (atelier serve-data)"),
+      text("data.token_file", AT(data.token_file), "service: file holding the job token the servers were given"),
       integer("data.load_size", AT(data.augment.load_size), 8, 8192, "shorter side after resizing"),
       integer("data.crop_size", AT(data.augment.crop_size), 8, 8192, "training image size (multiple of 8)"),
       boolean("data.flip", AT(data.augment.flip), "random horizontal flips"),
@@ -274,6 +278,15 @@ void check_consistency(const Config& c) {
   if (aug.crop_size % 8 != 0)
     throw ConfigError("data.crop_size: " + std::to_string(aug.crop_size) +
                       " is not a multiple of 8 (the encoder downsamples by 8)");
+  if (c.data.source == "service") {
+    if (c.data.servers.empty()) throw ConfigError("data.servers: data.source service needs at least one host:port");
+    for (const auto& server : c.data.servers) {
+      const auto colon = server.rfind(':');
+      if (colon == std::string::npos || colon == 0 || colon + 1 == server.size())
+        throw ConfigError("data.servers: '" + server + "' is not host:port");
+    }
+    if (c.data.token_file.empty()) throw ConfigError("data.token_file: data.source service needs the job's token file");
+  }
   const auto& g = c.model.generator;
   if (g.decoder.width != g.encoder.width)
     throw ConfigError("model.decoder_width (" + std::to_string(g.decoder.width) +

@@ -10,6 +10,7 @@ packages=(
   libboost-dev                      # Boost.Asio, Boost.CRC
   libspdlog-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev
   libopencv-dev                     # image decode, resize, PNG encode
+  libssl-dev                        # HMAC-SHA256 of the loader service handshake
   libgtest-dev
   opencv-doc                        # the demo's embedded photographs and paintings
   python3-torch python3-torchvision # reference for weight import tests and benchmarks

@@ -50,13 +50,15 @@ void write_text(const fs::path& path, const std::string& text) {
 data::LoaderOptions loader_options(const Config& config, const comm::Communicator& comm) {
   data::LoaderOptions o;
   // list_images names the folder; the key says whether it is content or style.
+  // A service run lists local images only for sample grids, when given.
+  const bool local = config.data.source == "folder";
   try {
-    o.content = data::list_images(config.data.content);
+    if (local || !config.data.content.empty()) o.content = data::list_images(config.data.content);
   } catch (const data::DataError& e) {
     throw TrainError(std::string("data.content: ") + e.what());
   }
   try {
-    o.style = data::list_images(config.data.style);
+    if (local || !config.data.style.empty()) o.style = data::list_images(config.data.style);
   } catch (const data::DataError& e) {
     throw TrainError(std::string("data.style: ") + e.what());
   }
@@ -68,6 +70,22 @@ data::LoaderOptions loader_options(const Config& config, const comm::Communicato
   o.rank = comm.rank();
   o.world_size = comm.world_size();
   return o;
+}
+
+// data.source picks where batches come from; both give the same batches.
+std::unique_ptr<data::BatchSource> open_batches(const Config& config, const data::LoaderOptions& o,
+                                                const data::Cursor& start) {
+  if (config.data.source == "folder") return std::make_unique<data::PrefetchLoader>(o, start);
+  data::ServiceOptions s;
+  s.servers = config.data.servers;
+  s.token = data::read_token_file(config.data.token_file);
+  s.augment = o.augment;
+  s.batch_size = o.batch_size;
+  s.prefetch = o.prefetch;
+  s.seed = o.seed;
+  s.rank = o.rank;
+  s.world_size = o.world_size;
+  return std::make_unique<data::ServiceLoader>(s, start);
 }
 
 // The same (content, style) pairs at every sample step, centre-cropped, so
@@ -122,7 +140,7 @@ struct RunWriters {
       : metrics(run_dir / "metrics.jsonl"), events((run_dir / "tb").string()), progress(first_step, total, global_batch) {}
 
   void record(int64_t step, int64_t total, const StepLosses& losses, const Config& config, double lr,
-              const data::PrefetchLoader& loader, const RunLog& log) {
+              const data::BatchSource& loader, const RunLog& log) {
     progress.finished(step);
     const double wait = loader.wait_seconds() - waited;
     waited += wait;
@@ -179,13 +197,14 @@ void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, 
   const auto& config = run.config;
   const int64_t total = config.train.steps;
   const bool leader = run.comm->rank() == 0;
-  data::PrefetchLoader loader(loader_opts, start.cursor);
+  const auto loader = open_batches(config, loader_opts, start.cursor);
   checkpoint::CheckpointCoordinator coordinator(run.dir / "checkpoints", run.comm, coordinator_options(config));
   const checkpoint::StopSignals signals;
   std::optional<RunWriters> writers;
   torch::Tensor sample_content, sample_style;
   if (leader) {
-    std::tie(sample_content, sample_style) = sample_inputs(loader_opts, config.train.sample_count);
+    if (!loader_opts.content.empty() && !loader_opts.style.empty())
+      std::tie(sample_content, sample_style) = sample_inputs(loader_opts, config.train.sample_count);
     writers.emplace(run.dir, start.step, total, config.train.batch_size * run.comm->world_size());
     spdlog::info("training {} steps of batch {} x {} rank(s) at {} px in {}", total - start.step,
                  config.train.batch_size, run.comm->world_size(), config.data.augment.crop_size, run.dir.string());
@@ -193,16 +212,21 @@ void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, 
   RunPosition position = start;
   double lr = lr_factor(config.optim, start.step, total);
   for (int64_t step = start.step + 1; step <= total; ++step) {
-    const auto batch = loader.next();
+    const auto batch = loader->next();
+    if (leader && !sample_content.defined()) {  // a service run without local images: the first batch
+      const int64_t n = std::min(config.train.sample_count, batch.content.size(0));
+      sample_content = batch.content.slice(0, 0, n).clone();
+      sample_style = batch.style.slice(0, 0, n).clone();
+    }
     lr = lr_factor(config.optim, step - 1, total);
     const auto losses = average_losses(*run.comm, gan.step(batch.content, batch.style, lr));
-    position = {step, loader.cursor()};
+    position = {step, loader->cursor()};
     if (!std::isfinite(losses.g) || !std::isfinite(losses.d))
       throw TrainError("non-finite loss at step " + std::to_string(step) + ": " + format_losses(losses));
     if (config.dist.verify_every > 0 && step % config.dist.verify_every == 0 && run.comm->world_size() > 1)
       verify_replicas(*run.comm, gan, step);
     if (leader) {
-      writers->record(step, total, losses, config, lr, loader, *run.log);
+      writers->record(step, total, losses, config, lr, *loader, *run.log);
       if (due(step, config.train.sample_every, total))
         write_sample_grid(run.dir / "samples", step, sample_content, sample_style,
                           gan.stylize(sample_content, sample_style), writers->events);
@@ -224,6 +248,7 @@ void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, 
 
 void check_sources(const Config& config) {
   if (config.model.family != "adain") throw TrainError("model.family '" + config.model.family + "' is not built");
+  if (config.data.source != "folder") return;  // the servers hold the images
   if (config.data.content.empty()) throw TrainError("data.content is empty: set it to folders or files of images");
   if (config.data.style.empty()) throw TrainError("data.style is empty: set it to folders or files of images");
 }

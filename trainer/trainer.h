@@ -31,8 +31,11 @@ struct ModelConfig {
 };
 
 struct DataConfig {
-  std::vector<std::string> content;  // folders or files of content images
-  std::vector<std::string> style;    // folders or files of style images
+  std::string source = "folder";     // folder: decode in process; service: stream from loader servers
+  std::vector<std::string> content;  // folders or files of content images (service: optional, for sample grids)
+  std::vector<std::string> style;    // folders or files of style images (service: optional, for sample grids)
+  std::vector<std::string> servers;  // service: every loader server as host:port
+  std::string token_file;            // service: file holding the job token (atelier serve-data --token-file)
   data::AugmentOptions augment;      // load_size, crop_size (= training image size), flip
   int64_t workers = 2;               // decode threads
   int64_t prefetch = 4;              // batches decoded ahead

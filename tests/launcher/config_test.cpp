@@ -82,6 +82,20 @@ TEST(Config, CrossKeyChecksNameBothKeys) {
   EXPECT_NE(error_of("", {"model.vgg_weights=/nonexistent/vgg19.pth"}).find("does not exist"), std::string::npos);
 }
 
+TEST(Config, ServiceSourceNeedsServersAndATokenFile) {
+  EXPECT_EQ(parse_config("", {}).data.source, "folder");
+  EXPECT_NE(error_of("", {"data.source=cloud"}).find("data.source: unknown value 'cloud' (allowed: folder, service)"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"data.source=service", "data.token_file=t"}).find("data.servers"), std::string::npos);
+  EXPECT_NE(error_of("", {"data.source=service", "data.servers=[localhost]", "data.token_file=t"})
+                .find("'localhost' is not host:port"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"data.source=service", "data.servers=[a:1]"}).find("data.token_file"), std::string::npos);
+  const auto c = parse_config("", {"data.source=service", "data.servers=[a:1, b:2]", "data.token_file=job.token"});
+  EXPECT_EQ(c.data.servers, (std::vector<std::string>{"a:1", "b:2"}));
+  EXPECT_EQ(c.data.token_file, "job.token");
+}
+
 TEST(Config, DumpedConfigParsesBackToTheSameConfig) {
   const auto c = load_config("", {"train.steps=11", "loss.adversarial=hinge", "optim.schedule=linear"});
   const auto yaml = dump_config(c);
