@@ -120,8 +120,8 @@ TEST_F(EvaluateCli, UnusableInputsExitOneAndBadOptionsExitTwoNamingThem) {
 TEST_F(EvaluateCli, TrainingEvaluatesAcrossRanksAndLogsOnRankZero) {
   auto args = [&](const std::string& name, int batch) {
     std::string a = " train";
-    for (const std::string& s :
-         {"run.dir=" + (tiny->root / "runs").string(), "run.name=" + name, "run.log_level=warn",
+    for (const std::string& s : std::vector<std::string>{
+             "run.dir=" + (tiny->root / "runs").string(), "run.name=" + name, "run.log_level=warn",
           "data.content=" + (tiny->root / "content").string(), "data.style=" + (tiny->root / "style").string(),
           "data.load_size=40", "data.crop_size=32", "data.workers=1", "model.encoder_width=4",
           "model.decoder_width=4", "model.disc_width=4", "train.threads=1", "train.steps=2",
