@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <iomanip>
+#include <map>
 #include <sstream>
 
 #include "evaluate/evaluate.h"

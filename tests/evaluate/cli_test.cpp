@@ -115,6 +115,21 @@ TEST_F(EvaluateCli, UnusableInputsExitOneAndBadOptionsExitTwoNamingThem) {
   EXPECT_NE(ran.output.find("not-json.json"), std::string::npos) << ran.output;
 }
 
+TEST(EvalConfig, KeysParseDefaultToOffAndEveryStepsNeedsBothFolders) {
+  EXPECT_EQ(parse_config("", {}).eval.every_steps, 0);
+  const auto c = parse_config("", {"eval.every_steps=5", "eval.content=[a, b]", "eval.style=s", "eval.pairs=7"});
+  EXPECT_EQ(c.eval.every_steps, 5);
+  EXPECT_EQ(c.eval.content, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(c.eval.style, (std::vector<std::string>{"s"}));
+  EXPECT_EQ(c.eval.pairs, 7);
+  try {
+    parse_config("", {"eval.every_steps=5", "eval.style=s"});
+    FAIL() << "eval.every_steps without eval.content was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("eval.content"), std::string::npos) << e.what();
+  }
+}
+
 // eval.* during a 2-rank training job: every rank takes part, rank 0 alone
 // logs, and the numbers match a 1-rank run of the same global batch.
 TEST_F(EvaluateCli, TrainingEvaluatesAcrossRanksAndLogsOnRankZero) {
