@@ -11,6 +11,7 @@
 #include "tests/comm/run_command.h"
 #include "tests/launcher/run_atelier.h"
 #include "tests/launcher/tiny_checkpoint.h"
+#include "tests/support/tiny_run.h"
 
 namespace atelier::launcher {
 namespace {
@@ -134,17 +135,9 @@ TEST(EvalConfig, KeysParseDefaultToOffAndEveryStepsNeedsBothFolders) {
 // logs, and the numbers match a 1-rank run of the same global batch.
 TEST_F(EvaluateCli, TrainingEvaluatesAcrossRanksAndLogsOnRankZero) {
   auto args = [&](const std::string& name, int batch) {
-    std::string a = " train";
-    for (const std::string& s : std::vector<std::string>{
-             "run.dir=" + (tiny->root / "runs").string(), "run.name=" + name, "run.log_level=warn",
-          "data.content=" + (tiny->root / "content").string(), "data.style=" + (tiny->root / "style").string(),
-          "data.load_size=40", "data.crop_size=32", "data.workers=1", "model.encoder_width=4",
-          "model.decoder_width=4", "model.disc_width=4", "train.threads=1", "train.steps=2",
-          "train.batch_size=" + std::to_string(batch), "train.sample_every=1000", "checkpoint.every_steps=1000",
-          "dist.timeout_s=120", "eval.every_steps=1", "eval.content=" + (tiny->root / "content").string(),
-          "eval.style=" + (tiny->root / "style").string(), "eval.pairs=5"})
-      a += " --set " + s;
-    return a;
+    return " train" + testing_support::tiny_train_args(tiny->root, name, 2, batch) +
+           " --set eval.every_steps=1 --set eval.content=" + (tiny->root / "content").string() +
+           " --set eval.style=" + (tiny->root / "style").string() + " --set eval.pairs=5";
   };
   const auto one = run_atelier(args("eval-one", 2));
   ASSERT_EQ(one.status, 0) << one.output;

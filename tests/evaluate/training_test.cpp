@@ -9,6 +9,7 @@
 #include <random>
 
 #include "tests/support/pattern_images.h"
+#include "tests/support/tiny_run.h"
 #include "trainer/event_file.h"
 #include "trainer/trainer.h"
 
@@ -45,17 +46,6 @@ class TrainingEvaluation : public ::testing::Test {
     return c;
   }
 
-  std::map<std::string, torch::Tensor> parameters(const Config& c, const fs::path& ckpt) const {
-    models::AdaINGenerator g(c.model.generator);
-    models::PatchDiscriminator d(c.model.discriminator);
-    torch::load(g, (ckpt / "generator.pt").string());
-    torch::load(d, (ckpt / "discriminator.pt").string());
-    std::map<std::string, torch::Tensor> out;
-    for (const auto& p : g->named_parameters()) out["G." + p.key()] = p.value();
-    for (const auto& p : d->named_parameters()) out["D." + p.key()] = p.value();
-    return out;
-  }
-
   fs::path root;
 };
 
@@ -86,8 +76,8 @@ TEST_F(TrainingEvaluation, DueStepsLogEvalKeysAndTrainingIsUnchanged) {
   // they were: the run trains exactly what a run without it trains.
   const auto without = tiny("without", 0);
   train(without, "", false);
-  const auto a = parameters(with_eval, root / "runs" / "with" / "checkpoints" / "step-4");
-  const auto b = parameters(without, root / "runs" / "without" / "checkpoints" / "step-4");
+  const auto a = testing_support::checkpoint_parameters(root / "runs" / "with" / "checkpoints" / "step-4");
+  const auto b = testing_support::checkpoint_parameters(root / "runs" / "without" / "checkpoints" / "step-4");
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [name, value] : a) EXPECT_TRUE(torch::equal(value, b.at(name))) << name;
 }
