@@ -110,6 +110,7 @@ TEST_F(EvaluateCli, UnusableInputsExitOneAndBadOptionsExitTwoNamingThem) {
   EXPECT_NE(ran.output.find("--size"), std::string::npos) << ran.output;
   ran = run_atelier(ckpt + sources());  // no --out
   EXPECT_EQ(ran.status, 2) << ran.output;
+  fs::create_directories(out("not-json.json").parent_path());  // this test may run alone
   std::ofstream(out("not-json.json")) << "{";
   ran = run_atelier(ckpt + sources() + to + " --compare " + out("not-json.json").string());
   EXPECT_EQ(ran.status, 1) << ran.output;
