@@ -97,6 +97,7 @@ int run(int argc, char** argv) {
   add_explain_command(app, exit_code);
   add_shard_command(app, exit_code);
   add_serve_data_command(app, exit_code);
+  add_evaluate_command(app, exit_code);
   set_up_logging("info");
   // A file-size limit (ulimit -f) must fail the write that exceeds it with
   // EFBIG, which the checkpoint code reports, not kill the process silently.

@@ -28,6 +28,7 @@ void add_stylize_command(CLI::App& app, int& exit_code);
 void add_export_command(CLI::App& app, int& exit_code);
 void add_shard_command(CLI::App& app, int& exit_code);
 void add_serve_data_command(CLI::App& app, int& exit_code);
+void add_evaluate_command(CLI::App& app, int& exit_code);
 
 // The configuration a checkpoint directory was trained with (its
 // config.yaml), model.vgg_weights cleared: the checkpoint holds the encoder.

@@ -228,6 +228,11 @@ std::vector<Field> make_fields() {
              "wire format of gradient buckets"),
       integer("dist.verify_every", AT(dist.verify_every), 0, kBig,
               "steps between checks that replicas are bit-identical (0 = off)"),
+      integer("eval.every_steps", AT(eval.every_steps), 0, kBig,
+              "steps between evaluations on the held-out set (0 = off; also after the last step)"),
+      list("eval.content", AT(eval.content), "held-out content image folders or files"),
+      list("eval.style", AT(eval.style), "held-out style image folders or files"),
+      integer("eval.pairs", AT(eval.pairs), 0, kBig, "(content, style) pairs evaluated (0 = every pair)"),
   };
 }
 
@@ -300,6 +305,13 @@ void check_consistency(const Config& c) {
   }
 }
 
+void check_eval(const Config& c) {
+  if (c.eval.every_steps == 0) return;
+  if (c.eval.content.empty() || c.eval.style.empty())
+    throw ConfigError("eval.every_steps is " + std::to_string(c.eval.every_steps) +
+                      ": set eval.content and eval.style to held-out image folders or files (or every_steps to 0)");
+}
+
 void apply_override(YAML::Node& root, const std::string& assignment) {
   const auto eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)
@@ -350,6 +362,7 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
     }
   }
   check_consistency(config);
+  check_eval(config);
   return config;
 }
 

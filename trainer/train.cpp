@@ -12,6 +12,7 @@
 #include "checkpoint/checkpoint.h"
 #include "trainer/adain_gan.h"
 #include "trainer/checkpointing.h"
+#include "trainer/evaluation.h"
 #include "trainer/event_file.h"
 #include "trainer/run_files.h"
 #include "trainer/trainer.h"
@@ -200,6 +201,7 @@ void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, 
   const auto loader = open_batches(config, loader_opts, start.cursor);
   checkpoint::CheckpointCoordinator coordinator(run.dir / "checkpoints", run.comm, coordinator_options(config));
   const checkpoint::StopSignals signals;
+  HeldOutEvaluation evaluation(config, *run.comm);
   std::optional<RunWriters> writers;
   torch::Tensor sample_content, sample_style;
   if (leader) {
@@ -231,6 +233,8 @@ void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, 
         write_sample_grid(run.dir / "samples", step, sample_content, sample_style,
                           gan.stylize(sample_content, sample_style), writers->events);
     }
+    evaluation.after_step(step, total, gan, *run.comm, writers ? &writers->metrics : nullptr,
+                          writers ? &writers->events : nullptr);
     result = {run.dir.string(), start.step, step, losses.g, losses.d, result.checkpoint, run.comm->rank(), 0};
     // Every rank looks at the signals at the same boundary, so all of them
     // stop after the same step and save it together.

@@ -92,6 +92,16 @@ struct DistConfig {
   int64_t verify_every = 0;      // compare a checksum of every replica's parameters every N steps; 0 = never
 };
 
+// Evaluation on a fixed held-out set during training (evaluate/): the same
+// numbers as `atelier evaluate`, logged as eval/... beside the losses. The
+// pairs are spread over the ranks; images are centre crops of data.crop_size.
+struct EvalConfig {
+  int64_t every_steps = 0;           // evaluate every N steps (and after the last); 0 = never
+  std::vector<std::string> content;  // folders or files of held-out content images
+  std::vector<std::string> style;    // folders or files of held-out style images
+  int64_t pairs = 0;                 // (content, style) pairs evaluated; 0 = every pair
+};
+
 struct Config {
   RunOptions run;
   ModelConfig model;
@@ -101,6 +111,7 @@ struct Config {
   TrainOptions train;
   CheckpointOptions checkpoint;
   DistConfig dist;
+  EvalConfig eval;
 };
 
 // Learning-rate factor at `step` (0-based) of `total` steps.

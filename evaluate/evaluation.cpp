@@ -1,0 +1,246 @@
+// Evaluating a generator on a fixed set of (content, style) pairs: which
+// pairs, which rank measures which, and how the ranks' rows become one result.
+#include <torch/torch.h>
+
+#include <map>
+#include <set>
+
+#include "data/data.h"
+#include "evaluate/evaluate.h"
+
+namespace atelier::evaluate {
+namespace {
+
+// The encoder's style layers, in forward_features order.
+const char* const kLayers[] = {"relu1_1", "relu2_1", "relu3_1", "relu4_1"};
+constexpr int64_t kLayerCount = 4;
+
+// Per-pair metrics, in the column order of a pair's row (see measure_batch)
+// and in table order.
+struct PairMetric {
+  std::string key;
+  std::string label;
+  std::string group;
+  bool higher_is_better;
+};
+
+std::vector<PairMetric> pair_metrics() {
+  std::vector<PairMetric> out = {
+      {"ssim_rgb", "SSIM, RGB", "content", true},
+      {"ssim_y", "SSIM, luminance", "content", true},
+      {"psnr_rgb", "PSNR, RGB (dB)", "content", true},
+      {"psnr_y", "PSNR, luminance (dB)", "content", true},
+      {"content_loss", "content loss vs content (relu4_1)", "content", false},
+      {"content_loss_adain", "content loss vs AdaIN target", "content", false},
+  };
+  for (const char* layer : kLayers)
+    out.push_back({std::string("style_gram_") + layer, std::string("Gram loss ") + layer, "style", false});
+  for (const char* layer : kLayers)
+    out.push_back({std::string("style_meanstd_") + layer, std::string("mean/std loss ") + layer, "style", false});
+  return out;
+}
+
+// Mean over everything but the batch dimension: [N, ...] -> [N].
+torch::Tensor per_image_mean(const torch::Tensor& t) { return t.flatten(1).mean(1); }
+
+// One row per pair: the pair metrics (pair_metrics() order), then the pooled
+// relu4_1 features of the output, then those of the style image. float64.
+torch::Tensor measure_batch(models::AdaINGenerator& generator, const torch::Tensor& content,
+                            const torch::Tensor& style) {
+  auto& encoder = generator->encoder;
+  // generator->stylize(content, style) at alpha 1, written out so that its
+  // encoder passes over content and style serve the losses too: 3 encoder
+  // passes per pair instead of 5.
+  const auto f_style = encoder->forward_features(style);
+  const auto f_content = encoder->forward(content);
+  const auto target = models::adain(f_content, f_style.back());
+  const models::AdaINGeneratorImpl::Output out{generator->decoder->forward(target), target};
+  const auto f_out = encoder->forward_features(out.image);
+  std::vector<torch::Tensor> columns = {
+      ssim(out.image, content),
+      ssim(luminance(out.image), luminance(content)),
+      psnr(out.image, content),
+      psnr(luminance(out.image), luminance(content)),
+      per_image_mean((f_out.back() - f_content).square()),
+      per_image_mean((f_out.back() - out.target).square()),
+  };
+  for (int64_t l = 0; l < kLayerCount; ++l)
+    columns.push_back(per_image_mean((models::gram_matrix(f_out[l]) - models::gram_matrix(f_style[l])).square()));
+  for (int64_t l = 0; l < kLayerCount; ++l) {
+    const auto [mean_out, std_out] = models::channel_mean_std(f_out[l]);
+    const auto [mean_style, std_style] = models::channel_mean_std(f_style[l]);
+    columns.push_back(per_image_mean((mean_out - mean_style).square()) + per_image_mean((std_out - std_style).square()));
+  }
+  std::vector<torch::Tensor> parts;
+  for (const auto& c : columns) parts.push_back(c.to(torch::kDouble).unsqueeze(1));
+  parts.push_back(f_out.back().mean({2, 3}).to(torch::kDouble));
+  parts.push_back(f_style.back().mean({2, 3}).to(torch::kDouble));
+  return torch::cat(parts, 1);
+}
+
+// Puts a module back into the mode it was in, also when measuring throws.
+struct TrainingModeGuard {
+  explicit TrainingModeGuard(torch::nn::Module& module) : module(module), was_training(module.is_training()) {
+    module.eval();
+  }
+  ~TrainingModeGuard() { module.train(was_training); }
+  torch::nn::Module& module;
+  bool was_training;
+};
+
+// This rank's rows, padded with zeros to `set.slots` rows so every rank
+// gathers the same shape.
+torch::Tensor local_rows(models::AdaINGenerator& generator, const EvalSet& set, int64_t batch, int64_t columns) {
+  auto rows = torch::zeros({set.slots, columns}, torch::kDouble);
+  const int64_t n = set.content.defined() ? set.content.size(0) : 0;
+  for (int64_t begin = 0; begin < n; begin += batch) {
+    const int64_t count = std::min(batch, n - begin);
+    rows.narrow(0, begin, count)
+        .copy_(measure_batch(generator, set.content.narrow(0, begin, count), set.style.narrow(0, begin, count)));
+  }
+  return rows;
+}
+
+// Adds the two set-level distances (or says why they are missing).
+void add_distances(EvalResult& result, const torch::Tensor& output_features, const torch::Tensor& style_features,
+                   bool imagenet) {
+  result.distance_name = imagenet ? "VGG-FID" : "random-VGG FD";
+  if (output_features.size(0) < 2 || style_features.size(0) < 2) {
+    result.distances_skipped = "the distances need at least 2 pairs and 2 distinct style images (got " +
+                               std::to_string(output_features.size(0)) + " and " +
+                               std::to_string(style_features.size(0)) + ")";
+    return;
+  }
+  const std::string prefix = imagenet ? "vgg_" : "random_vgg_";
+  result.metrics.push_back({prefix + (imagenet ? "fid" : "fd"), result.distance_name, "distribution",
+                            frechet_distance(output_features, style_features), false});
+  result.metrics.push_back({prefix + "kid", imagenet ? "VGG-KID" : "random-VGG KID", "distribution",
+                            kernel_distance(output_features, style_features), false});
+}
+
+void check_set(const EvalSet& set, int world_size) {
+  const int64_t n = set.content.defined() ? set.content.size(0) : 0;
+  if (static_cast<int64_t>(set.style_of_pair.size()) != set.total_pairs || n > set.slots ||
+      set.slots * world_size < set.total_pairs || (n > 0 && set.style.sizes() != set.content.sizes()))
+    throw EvalError("evaluation set is inconsistent: " + std::to_string(n) + " local pairs, " +
+                    std::to_string(set.slots) + " slots per rank, " + std::to_string(set.total_pairs) +
+                    " pairs in all over " + std::to_string(world_size) + " rank(s)");
+  if (set.total_pairs < 1) throw EvalError("evaluation set has no pairs");
+}
+
+}  // namespace
+
+std::vector<Pair> plan_pairs(int64_t content_count, int64_t style_count, int64_t count) {
+  if (content_count < 1 || style_count < 1)
+    throw EvalError("pairs need at least one content and one style image, got " + std::to_string(content_count) +
+                    " and " + std::to_string(style_count));
+  const int64_t all = content_count * style_count;
+  if (count < 0 || count > all)
+    throw EvalError(std::to_string(count) + " pairs asked for, but " + std::to_string(content_count) +
+                    " content x " + std::to_string(style_count) + " style images make " + std::to_string(all) +
+                    " distinct pairs");
+  if (count == 0) count = all;
+  std::vector<Pair> pairs;
+  for (int64_t i = 0; i < count; ++i) pairs.push_back({i % content_count, (i % content_count + i / content_count) % style_count});
+  return pairs;
+}
+
+EvalSet load_eval_set(const EvalSetOptions& options, int rank, int world_size) {
+  if (options.size < 16 || options.size % 8 != 0)
+    throw EvalError("evaluation image size " + std::to_string(options.size) +
+                    " must be a multiple of 8 and at least 16 (SSIM's window is 11 pixels)");
+  auto list = [](const std::vector<std::string>& sources, const char* what) {
+    try {
+      return data::list_images(sources);
+    } catch (const data::DataError& e) {
+      throw EvalError(std::string(what) + " images: " + e.what());
+    }
+  };
+  const auto content_files = list(options.content, "content");
+  const auto style_files = list(options.style, "style");
+  const auto pairs = plan_pairs(static_cast<int64_t>(content_files.size()),
+                                static_cast<int64_t>(style_files.size()), options.pairs);
+  EvalSet set;
+  set.total_pairs = static_cast<int64_t>(pairs.size());
+  set.slots = (set.total_pairs + world_size - 1) / world_size;
+  for (const auto& p : pairs) set.style_of_pair.push_back(p.style);
+  const int64_t begin = std::min(set.total_pairs, rank * set.slots);
+  const int64_t end = std::min(set.total_pairs, begin + set.slots);
+  std::vector<torch::Tensor> content, style;
+  std::map<int64_t, torch::Tensor> decoded_styles;  // a style image serves many pairs
+  try {
+    for (int64_t i = begin; i < end; ++i) {
+      content.push_back(data::load_centered(content_files[pairs[i].content], options.size));
+      auto& s = decoded_styles[pairs[i].style];
+      if (!s.defined()) s = data::load_centered(style_files[pairs[i].style], options.size);
+      style.push_back(s);
+    }
+  } catch (const data::DataError& e) {
+    throw EvalError(std::string("evaluation set: ") + e.what());
+  }
+  const auto empty = torch::zeros({0, 3, options.size, options.size});
+  set.content = content.empty() ? empty : torch::stack(content);
+  set.style = style.empty() ? empty : torch::stack(style);
+  return set;
+}
+
+EvalSet slice_eval_set(const torch::Tensor& content, const torch::Tensor& style, std::vector<int64_t> style_of_pair,
+                       int rank, int world_size) {
+  if (content.dim() != 4 || content.sizes() != style.sizes() ||
+      content.size(0) != static_cast<int64_t>(style_of_pair.size()))
+    throw EvalError("slice_eval_set needs content and style [N, 3, S, S] of one shape and N style ids");
+  EvalSet set;
+  set.total_pairs = content.size(0);
+  set.slots = (set.total_pairs + world_size - 1) / world_size;
+  set.style_of_pair = std::move(style_of_pair);
+  const int64_t begin = std::min(set.total_pairs, rank * set.slots);
+  const int64_t end = std::min(set.total_pairs, begin + set.slots);
+  set.content = content.slice(0, begin, end);
+  set.style = style.slice(0, begin, end);
+  return set;
+}
+
+EvalResult evaluate(models::AdaINGenerator& generator, const EvalSet& set, comm::Communicator& comm,
+                    const EvalOptions& options) {
+  check_set(set, comm.world_size());
+  if (options.batch < 1) throw EvalError("evaluation batch must be at least 1, got " + std::to_string(options.batch));
+  const auto metrics = pair_metrics();
+  const auto k = static_cast<int64_t>(metrics.size());
+  const int64_t d = generator->encoder->out_channels();
+  torch::Tensor rows;
+  {
+    torch::NoGradGuard no_grad;
+    TrainingModeGuard mode(*generator);
+    rows = local_rows(generator, set, options.batch, k + 2 * d);
+  }
+  // Rank r's block holds pairs [r * slots, ...) with its padding at the end,
+  // and only the last non-empty block is short: the first total_pairs rows of
+  // the gathered blocks are the pairs in order.
+  rows = comm.all_gather(rows).reshape({-1, k + 2 * d}).narrow(0, 0, set.total_pairs);
+
+  EvalResult result;
+  result.pairs = set.total_pairs;
+  const auto means = rows.narrow(1, 0, k).mean(0);
+  for (int64_t m = 0; m < k; ++m)
+    result.metrics.push_back(
+        {metrics[m].key, metrics[m].label, metrics[m].group, means[m].item<double>(), metrics[m].higher_is_better});
+  // The reference distribution: each distinct style image once, as many
+  // pairs share one (counting it per pair would weight styles by use and
+  // repeat rows, which the unbiased kernel estimate must not see).
+  std::vector<int64_t> first_use;
+  std::set<int64_t> seen;
+  for (int64_t i = 0; i < set.total_pairs; ++i)
+    if (seen.insert(set.style_of_pair[i]).second) first_use.push_back(i);
+  result.style_images = static_cast<int64_t>(first_use.size());
+  const auto style_rows = rows.index_select(0, torch::tensor(first_use, torch::kLong));
+  add_distances(result, rows.narrow(1, k, d), style_rows.narrow(1, k + d, d), options.imagenet_weights);
+  return result;
+}
+
+double metric(const EvalResult& result, const std::string& key) {
+  for (const auto& m : result.metrics)
+    if (m.key == key) return m.value;
+  throw EvalError("evaluation has no metric '" + key + "'");
+}
+
+}  // namespace atelier::evaluate

@@ -1,0 +1,237 @@
+// `atelier evaluate --checkpoint C --content DIR --style DIR [--pairs N] --out eval.json
+// [--compare other.json]`: measure a checkpoint on (content, style) pairs
+// (evaluate/ does the work), spread over the ranks of an mpirun job; rank 0
+// writes the JSON and prints a one-screen table, or the difference to
+// another evaluation.
+#include <spdlog/spdlog.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "checkpoint/checkpoint.h"
+#include "data/data.h"
+#include "evaluate/evaluate.h"
+#include "launcher/commands.h"
+#include "launcher/launcher.h"
+
+namespace atelier::launcher {
+namespace {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct EvaluateArgs {
+  std::string checkpoint;
+  std::vector<std::string> content;  // folders or files
+  std::vector<std::string> style;    // folders or files
+  int64_t pairs = 0;                 // 0: every content x style pair
+  int64_t size = 0;                  // 0: the checkpoint's data.crop_size
+  int64_t batch = 8;
+  int64_t threads = 0;               // 0: the cores shared among this machine's ranks
+  std::string out;
+  std::string compare;               // an earlier eval.json, or empty
+};
+
+const char* const kGroupTitles[][2] = {
+    {"content", "content preservation (output vs its content image)"},
+    {"style", "style match (output vs its style image, per VGG layer)"},
+    {"distribution", "distribution (outputs vs style images, pooled relu4_1 features)"},
+};
+
+// The images of one source option; a missing or empty folder is named.
+std::vector<std::string> images_of(const std::vector<std::string>& sources, const std::string& option) {
+  try {
+    return data::list_images(sources);
+  } catch (const data::DataError& e) {
+    throw std::runtime_error(option + ": " + e.what());
+  }
+}
+
+// Usage errors (exit 2), found before the checkpoint is loaded.
+void check_args(const EvaluateArgs& args) {
+  if (args.pairs < 0) throw ConfigError("--pairs: must be >= 0 (0 = every pair), got " + std::to_string(args.pairs));
+  if (args.size != 0 && (args.size < 16 || args.size % 8 != 0))
+    throw ConfigError("--size: " + std::to_string(args.size) + " must be a multiple of 8 and at least 16");
+  if (args.batch < 1) throw ConfigError("--batch: must be at least 1, got " + std::to_string(args.batch));
+  const auto content = images_of(args.content, "--content");
+  const auto style = images_of(args.style, "--style");
+  const auto all = static_cast<int64_t>(content.size() * style.size());
+  if (args.pairs > all)
+    throw ConfigError("--pairs: " + std::to_string(args.pairs) + " asked for, but " + std::to_string(content.size()) +
+                      " content x " + std::to_string(style.size()) + " style images make only " +
+                      std::to_string(all) + " distinct pairs");
+}
+
+// Whether the checkpoint's encoder came from torchvision's ImageNet VGG-19:
+// its config.yaml named a .pth (checkpoint_config clears the key, since the
+// checkpoint holds the weights themselves).
+bool trained_with_imagenet_vgg(const fs::path& checkpoint_dir) {
+  try {
+    const auto root = YAML::LoadFile((checkpoint_dir / "config.yaml").string());
+    const auto path = root["model"]["vgg_weights"];
+    return path && path.IsScalar() && !path.as<std::string>().empty();
+  } catch (const YAML::Exception& e) {
+    throw std::runtime_error("cannot read '" + (checkpoint_dir / "config.yaml").string() + "': " + e.what());
+  }
+}
+
+// nlohmann writes inf and NaN as null; a PSNR of identical images is +inf.
+json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+json to_json(const EvaluateArgs& args, const fs::path& dir, const trainer::Config& config, int64_t size,
+             const evaluate::EvalResult& result) {
+  const auto& encoder = config.model.generator.encoder;
+  json out = {{"checkpoint", dir.string()},
+              {"step", checkpoint::read_manifest(dir).step},
+              {"model", config.model.family},
+              {"content", args.content},
+              {"style", args.style},
+              {"pairs", result.pairs},
+              {"style_images", result.style_images},
+              {"size", size},
+              {"loss_network",
+               {{"weights", result.distance_name == "VGG-FID" ? "imagenet" : "random"},
+                {"width", encoder.width},
+                {"seed", encoder.random_seed},
+                {"distance", result.distance_name}}}};
+  if (!result.distances_skipped.empty()) out["distances_skipped"] = result.distances_skipped;
+  json metrics = json::object();
+  for (const auto& m : result.metrics) metrics[m.key] = number_or_null(m.value);
+  out["metrics"] = metrics;
+  return out;
+}
+
+void print_table(const json& report, const evaluate::EvalResult& result) {
+  std::printf("evaluated %s (step %lld): %lld pairs, %lld style images, %lld px\n",
+              report["checkpoint"].get<std::string>().c_str(), static_cast<long long>(report["step"].get<int64_t>()),
+              static_cast<long long>(result.pairs), static_cast<long long>(result.style_images),
+              static_cast<long long>(report["size"].get<int64_t>()));
+  if (result.distance_name != "VGG-FID")
+    std::printf("loss network: the fixed random VGG (width %lld, seed %lld), so the distances are \"%s\", not FID;\n"
+                "comparable only with runs of the same loss network\n",
+                static_cast<long long>(report["loss_network"]["width"].get<int64_t>()),
+                static_cast<long long>(report["loss_network"]["seed"].get<int64_t>()), result.distance_name.c_str());
+  for (const auto& [group, title] : kGroupTitles) {
+    std::printf("%s\n", title);
+    for (const auto& m : result.metrics)
+      if (m.group == group) std::printf("  %-38s %12.5g  (%s is better)\n", m.label.c_str(), m.value,
+                                        m.higher_is_better ? "higher" : "lower");
+  }
+  if (!result.distances_skipped.empty()) std::printf("  (no distances: %s)\n", result.distances_skipped.c_str());
+}
+
+json read_report(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("--compare: cannot read '" + path + "'");
+  try {
+    auto report = json::parse(in);
+    if (!report.contains("metrics") || !report["metrics"].is_object())
+      throw std::runtime_error("it has no \"metrics\" object");
+    return report;
+  } catch (const std::exception& e) {
+    throw std::runtime_error("--compare: '" + path + "' is not an atelier evaluate report: " + e.what());
+  }
+}
+
+// Warns where the two evaluations did not measure the same thing.
+void print_comparability(const json& mine, const json& other) {
+  if (mine["loss_network"] != other["loss_network"])
+    std::printf("note: the loss networks differ (%s vs %s): the distances are not comparable\n",
+                mine["loss_network"].dump().c_str(), other["loss_network"].dump().c_str());
+  for (const char* key : {"content", "style", "pairs", "size"})
+    if (mine[key] != other[key])
+      std::printf("note: %s differs (%s vs %s)\n", key, mine[key].dump().c_str(), other[key].dump().c_str());
+}
+
+void print_comparison(const json& mine, const json& other, const evaluate::EvalResult& result,
+                      const std::string& other_path) {
+  std::printf("\ncompared with %s (%s, step %s)\n", other_path.c_str(), other.value("checkpoint", "?").c_str(),
+              other.contains("step") ? other["step"].dump().c_str() : "?");
+  print_comparability(mine, other);
+  std::printf("  %-38s %12s %12s %12s\n", "metric", "this", "other", "this-other");
+  for (const auto& m : result.metrics) {
+    const auto& theirs = other["metrics"];
+    if (!theirs.contains(m.key) || !theirs[m.key].is_number() || !std::isfinite(m.value)) {
+      std::printf("  %-38s %12.5g %12s\n", m.label.c_str(), m.value,
+                  theirs.contains(m.key) ? theirs[m.key].dump().c_str() : "(absent)");
+      continue;
+    }
+    const double diff = m.value - theirs[m.key].get<double>();
+    const char* verdict = diff == 0 ? "same" : ((diff > 0) == m.higher_is_better ? "better" : "worse");
+    std::printf("  %-38s %12.5g %12.5g %+12.4g  %s\n", m.label.c_str(), m.value, theirs[m.key].get<double>(), diff,
+                verdict);
+  }
+  for (const auto& [key, value] : other["metrics"].items()) {
+    bool mine_has = false;
+    for (const auto& m : result.metrics) mine_has = mine_has || m.key == key;
+    if (!mine_has) std::printf("  %-38s %12s %12s\n", key.c_str(), "(absent)", value.dump().c_str());
+  }
+}
+
+void write_report(const std::string& path, const json& report) {
+  const fs::path out(path);
+  if (out.has_parent_path()) fs::create_directories(out.parent_path());
+  std::ofstream file(out, std::ios::trunc);
+  file << report.dump(2) << "\n";
+  if (!file) throw std::runtime_error("--out: cannot write '" + path + "'");
+}
+
+int run_evaluate(const EvaluateArgs& args) {
+  check_args(args);
+  const json other = args.compare.empty() ? json() : read_report(args.compare);
+  const auto env = comm::detect_environment();
+  const auto comm = comm::make_communicator(env, {});
+  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  torch::set_num_threads(static_cast<int>(args.threads > 0 ? args.threads : std::max<int64_t>(1, cores / comm->world_size())));
+  const fs::path dir = checkpoint::resolve(args.checkpoint);
+  const auto config = checkpoint_config(dir);
+  auto generator = load_generator(dir, config);
+  const int64_t size = args.size > 0 ? args.size : config.data.augment.crop_size;
+  const auto set = evaluate::load_eval_set({args.content, args.style, args.pairs, size}, comm->rank(), comm->world_size());
+  if (comm->rank() == 0)
+    spdlog::info("evaluating {} on {} pairs at {} px over {} rank(s)", dir.string(), set.total_pairs, size,
+                 comm->world_size());
+  evaluate::EvalOptions options;
+  options.batch = args.batch;
+  options.imagenet_weights = trained_with_imagenet_vgg(dir);
+  const auto result = evaluate::evaluate(generator, set, *comm, options);
+  if (comm->rank() != 0) return 0;  // every rank has the result; rank 0 reports it
+  const auto report = to_json(args, dir, config, size, result);
+  write_report(args.out, report);
+  print_table(report, result);
+  if (!args.compare.empty()) print_comparison(report, other, result, args.compare);
+  std::printf("\nwritten to %s\n", args.out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+void add_evaluate_command(CLI::App& app, int& exit_code) {
+  auto args = std::make_shared<EvaluateArgs>();
+  auto* cmd = app.add_subcommand("evaluate", "Measure a checkpoint: SSIM, PSNR, content/style losses, FD and KID");
+  cmd->add_option("--checkpoint", args->checkpoint,
+                  "Checkpoint: runs/x, runs/x/checkpoints, a step-N directory or a LATEST file")
+      ->required();
+  cmd->add_option("--content", args->content, "Content image folders or files (searched recursively)")
+      ->required()
+      ->expected(1, -1);
+  cmd->add_option("--style", args->style, "Style image folders or files")->required()->expected(1, -1);
+  cmd->add_option("--pairs", args->pairs, "(content, style) pairs to evaluate (default 0: every pair)");
+  cmd->add_option("--size", args->size, "Image side: centre crops of this size (default: the checkpoint's crop size)");
+  cmd->add_option("--batch", args->batch, "Pairs stylised at once");
+  cmd->add_option("--threads", args->threads, "LibTorch intra-op threads (default: cores / ranks on this machine)");
+  cmd->add_option("--out", args->out, "JSON report to write")->required();
+  cmd->add_option("--compare", args->compare, "An earlier report: print this one's difference to it")
+      ->check(CLI::ExistingFile);
+  cmd->footer("Under mpirun the pairs are spread over the ranks; the numbers equal a single rank's.\n"
+              "Exit code 2: bad options; 1: an image, a folder or the checkpoint could not be used.");
+  cmd->callback([args, &exit_code] { exit_code = run_evaluate(*args); });
+}
+
+}  // namespace atelier::launcher
