@@ -29,7 +29,7 @@ TEST(Submit, DryRunRendersTheLocalProfile) {
   const auto r = run_atelier("submit --dry-run --profile local --ntasks-per-node 2 --time 10:00" + run_args(runs, "d"));
   ASSERT_EQ(r.status, 0) << r.output;
   const auto run_dir = (runs / "d").string();
-  for (const std::string line :
+  for (const std::string& line : std::vector<std::string>
        {"#!/bin/bash\n", "#SBATCH --job-name=atelier-d\n", "#SBATCH --nodes=1\n", "#SBATCH --ntasks-per-node=2\n",
         "#SBATCH --time=10:00\n", "#SBATCH --requeue\n", "#SBATCH --signal=B:USR1@30\n", "#SBATCH --open-mode=append\n",
         "#SBATCH --output=" + run_dir + "/slurm/job-%j.out\n", "#SBATCH --chdir=" + fs::current_path().string() + "\n",
@@ -48,7 +48,7 @@ TEST(Submit, DryRunRendersTheGpuSiteExampleWithItsContainer) {
                              "/cluster/profiles/gpu-site-example.yaml --nodes 4 --gpus-per-node 8 --grace 600" +
                              run_args("/shared/runs", "big"));
   ASSERT_EQ(r.status, 0) << r.output;
-  for (const std::string line :
+  for (const std::string& line : std::vector<std::string>
        {"#SBATCH --nodes=4\n", "#SBATCH --ntasks-per-node=8\n", "#SBATCH --gpus-per-node=8\n",
         "#SBATCH --time=24:00:00\n", "#SBATCH --signal=B:USR1@600\n", "#SBATCH --partition=gpu\n",
         "#SBATCH --account=my-project\n", "#SBATCH --cpus-per-task=8\n", "#SBATCH --exclusive\n",
@@ -69,7 +69,7 @@ TEST(Submit, MpirunProfileStartsRanksWithMpirunAndFlagsOverrideTheProfile) {
                              " --partition long --max-requeues 5 --grace 90 --ntasks-per-node 3 --atelier /opt/a" +
                              run_args("/x", "m"));
   ASSERT_EQ(r.status, 0) << r.output;
-  for (const std::string line : {"#SBATCH --partition=long\n", "#SBATCH --ntasks-per-node=3\n", "max_requeues=5\n",
+  for (const std::string& line : std::vector<std::string>{"#SBATCH --partition=long\n", "#SBATCH --ntasks-per-node=3\n", "max_requeues=5\n",
                                  "#SBATCH --signal=B:USR1@90\n",
                                  "mpirun --allow-run-as-root --bind-to none -np ${SLURM_NTASKS} /opt/a train"})
     EXPECT_NE(r.output.find(line), std::string::npos) << "missing: " << line << "\n" << r.output;
