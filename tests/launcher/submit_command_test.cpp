@@ -36,7 +36,7 @@ TEST(Submit, DryRunRendersTheLocalProfile) {
         "#SBATCH --partition=debug\n", "max_requeues=3\n",
         "srun --mpi=pmix " + std::string(ATELIER_BINARY) + " train --config " + run_dir +
             "/slurm/config.yaml --auto-resume &\n",
-        "scontrol requeue \"$SLURM_JOB_ID\"", "trap 'kill -USR1 \"$ranks\" 2>/dev/null' USR1\n"})
+        "scontrol requeue \"$SLURM_JOB_ID\"", "trap 'stop=1; [ -n \"$ranks\" ] && kill -USR1 \"$ranks\" 2>/dev/null' USR1\n"})
     EXPECT_NE(r.output.find(line), std::string::npos) << "missing: " << line << "\n" << r.output;
   EXPECT_EQ(r.output.find("{{"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("--gpus-per-node"), std::string::npos) << "a CPU job asks for no GPUs";
@@ -73,7 +73,7 @@ TEST(Submit, MpirunProfileStartsRanksWithMpirunAndFlagsOverrideTheProfile) {
                                  "#SBATCH --signal=B:USR1@90\n",
                                  "mpirun --allow-run-as-root --bind-to none -np ${SLURM_NTASKS} /opt/a train"})
     EXPECT_NE(r.output.find(line), std::string::npos) << "missing: " << line << "\n" << r.output;
-  EXPECT_EQ(r.output.find("srun"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("srun --mpi"), std::string::npos) << r.output;
 }
 
 TEST(Submit, RenderedScriptIsValidBash) {
