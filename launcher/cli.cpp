@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
@@ -29,8 +30,22 @@ struct TrainArgs {
   std::string config_path;
   std::vector<std::string> overrides;
   bool resume = false;
+  bool auto_resume = false;
   bool print_config = false;
 };
+
+// --auto-resume: continue when the run directory has a checkpoint that
+// verifies, start fresh when it has none. What a SLURM job runs, so that a
+// requeued or resubmitted job picks up where the last one stopped.
+bool resume_automatically(const trainer::Config& config) {
+  const auto dir = std::filesystem::path(config.run.dir) / config.run.name / "checkpoints";
+  const auto found = checkpoint::latest(dir);
+  if (env_rank() == 0) {
+    if (found) spdlog::info("--auto-resume: resuming from {}", found->string());
+    else spdlog::info("--auto-resume: no checkpoint under {}: starting from step 0", dir.string());
+  }
+  return found.has_value();
+}
 
 int run_train(const TrainArgs& args) {
   const auto config = load_config(args.config_path, args.overrides);
@@ -40,7 +55,8 @@ int run_train(const TrainArgs& args) {
     return 0;
   }
   set_up_logging(config.run.log_level);
-  const auto result = trainer::train(config, yaml, args.resume);
+  const bool resume = args.resume || (args.auto_resume && resume_automatically(config));
+  const auto result = trainer::train(config, yaml, resume);
   if (result.stop_signal != 0) {
     spdlog::warn("stopped on signal {} after step {}, checkpoint {}: continue with --resume (exit code {})",
                  result.stop_signal, result.last_step, result.checkpoint, checkpoint::kExitStopped);
@@ -78,7 +94,10 @@ void add_train_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<TrainArgs>();
   auto* cmd = app.add_subcommand("train", "Train a style-transfer GAN in <run.dir>/<run.name>");
   add_config_options(*cmd, args->config_path, args->overrides);
-  cmd->add_flag("--resume", args->resume, "Continue from <run>/checkpoints/LATEST");
+  auto* resume = cmd->add_flag("--resume", args->resume, "Continue from <run>/checkpoints/LATEST");
+  cmd->add_flag("--auto-resume", args->auto_resume,
+                "Continue from the newest verified checkpoint if there is one, else start fresh (SLURM jobs)")
+      ->excludes(resume);
   cmd->add_flag("--print-config", args->print_config, "Print the resolved configuration and exit");
   cmd->footer("Configuration keys (YAML sections; each can be --set):\n" + describe_config_keys());
   cmd->callback([args, &exit_code] { exit_code = run_train(*args); });
@@ -94,6 +113,8 @@ int run(int argc, char** argv) {
   add_stylize_command(app, exit_code);
   add_export_command(app, exit_code);
   add_launch_command(app, exit_code);
+  add_submit_command(app, exit_code);
+  add_status_command(app, exit_code);
   add_explain_command(app, exit_code);
   add_shard_command(app, exit_code);
   add_serve_data_command(app, exit_code);

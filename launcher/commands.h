@@ -22,6 +22,8 @@ constexpr int kExitUsage = 2;    // bad command line or configuration
 void add_train_command(CLI::App& app, int& exit_code);
 void add_checkpoints_command(CLI::App& app, int& exit_code);
 void add_launch_command(CLI::App& app, int& exit_code);
+void add_submit_command(CLI::App& app, int& exit_code);
+void add_status_command(CLI::App& app, int& exit_code);
 void add_explain_command(CLI::App& app, int& exit_code);
 
 void add_stylize_command(CLI::App& app, int& exit_code);

@@ -14,6 +14,7 @@ packages=(
   libgtest-dev
   opencv-doc                        # the demo's embedded photographs and paintings
   python3-torch python3-torchvision # reference for weight import tests and benchmarks
+  slurm-wlm munge                   # the real one-node SLURM of the cluster tests (cluster/local/)
 )
 
 missing=()
