@@ -68,15 +68,24 @@ __attribute__((target("sse4.2"))) uint32_t crc32c_hardware(uint32_t state, const
   for (; size > 0; ++data, --size) crc32 = __builtin_ia32_crc32qi(crc32, static_cast<unsigned char>(*data));
   return crc32;
 }
-const bool kHardwareCrc = __builtin_cpu_supports("sse4.2");
+// Asked on first use, not during static initialisation: before main the CPU
+// model that __builtin_cpu_supports reads may not be initialised yet (it then
+// says "no" and every checksum silently took the slow table).
+bool hardware_crc() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("sse4.2") != 0;
+  }();
+  return has;
+}
 #else
 uint32_t crc32c_hardware(uint32_t, const char*, size_t) { return 0; }
-const bool kHardwareCrc = false;
+bool hardware_crc() { return false; }
 #endif
 
 }  // namespace
 
-bool Crc32c::hardware_available() { return kHardwareCrc; }
+bool Crc32c::hardware_available() { return hardware_crc(); }
 
 void Crc32c::update(const char* data, size_t size) {
   if (hardware_) state_ = crc32c_hardware(state_, data, size);

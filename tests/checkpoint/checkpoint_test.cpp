@@ -77,6 +77,14 @@ TEST(Crc32c, HardwareAndTableAgreeAcrossChunkBoundaries) {
   EXPECT_EQ(check.value(), 0xE3069283u);
 }
 
+// A CPU that has the instruction gets it (it once fell back silently).
+TEST(Crc32c, TheInstructionIsUsedWhereTheCpuHasIt) {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string text((std::istreambuf_iterator<char>(cpuinfo)), {});
+  if (text.find(" sse4_2") == std::string::npos) GTEST_SKIP() << "no SSE4.2 on this CPU";
+  EXPECT_TRUE(detail::Crc32c::hardware_available());
+}
+
 TEST_F(CheckpointDir, VerifyRejectsAFlippedByteAndAMissingFile) {
   const auto path = save_step(1, "abcdef");
   {
