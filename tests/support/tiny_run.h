@@ -30,12 +30,11 @@ inline std::string tiny_train_args(const std::filesystem::path& root, const std:
   return args;
 }
 
-// G's and D's parameters in a checkpoint of a width-4 run, by name.
-inline std::map<std::string, torch::Tensor> checkpoint_parameters(const std::filesystem::path& ckpt) {
-  models::GeneratorOptions go;
-  go.encoder.width = go.decoder.width = 4;
-  models::DiscriminatorOptions dopt;
-  dopt.width = 4;
+// G's and D's parameters in a checkpoint of networks built with these
+// options, by name.
+inline std::map<std::string, torch::Tensor> checkpoint_parameters(const std::filesystem::path& ckpt,
+                                                                  const models::GeneratorOptions& go,
+                                                                  const models::DiscriminatorOptions& dopt) {
   models::AdaINGenerator g(go);
   models::PatchDiscriminator d(dopt);
   torch::load(g, (ckpt / "generator.pt").string());
@@ -44,6 +43,15 @@ inline std::map<std::string, torch::Tensor> checkpoint_parameters(const std::fil
   for (const auto& p : g->named_parameters()) out["G." + p.key()] = p.value();
   for (const auto& p : d->named_parameters()) out["D." + p.key()] = p.value();
   return out;
+}
+
+// The same for a checkpoint of the width-4 run of tiny_train_args.
+inline std::map<std::string, torch::Tensor> checkpoint_parameters(const std::filesystem::path& ckpt) {
+  models::GeneratorOptions go;
+  go.encoder.width = go.decoder.width = 4;
+  models::DiscriminatorOptions dopt;
+  dopt.width = 4;
+  return checkpoint_parameters(ckpt, go, dopt);
 }
 
 }  // namespace atelier::testing_support

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "tests/support/pattern_images.h"
+#include "tests/support/tiny_run.h"
 #include "trainer/trainer.h"
 
 namespace atelier::trainer {
@@ -48,14 +49,7 @@ class TinyRun : public ::testing::Test {
 
   // Parameters of a checkpoint's generator and discriminator, by name.
   std::map<std::string, torch::Tensor> parameters(const Config& c, const fs::path& ckpt) const {
-    models::AdaINGenerator g(c.model.generator);
-    models::PatchDiscriminator d(c.model.discriminator);
-    torch::load(g, (ckpt / "generator.pt").string());
-    torch::load(d, (ckpt / "discriminator.pt").string());
-    std::map<std::string, torch::Tensor> out;
-    for (const auto& p : g->named_parameters()) out["G." + p.key()] = p.value();
-    for (const auto& p : d->named_parameters()) out["D." + p.key()] = p.value();
-    return out;
+    return testing_support::checkpoint_parameters(ckpt, c.model.generator, c.model.discriminator);
   }
 
   fs::path root;
