@@ -160,8 +160,9 @@ class CheckpointCoordinator {
   // Collective (every rank, same step). Starts writing `request`; with
   // async the write goes on in the background. When a save is still in
   // flight, waits for it (its outcome is logged) or, with WhenBusy::Skip,
-  // returns false without saving.
-  bool save(SaveRequest request);
+  // returns false without saving. A `required` save (the one that ends a
+  // run or answers a stop signal) always waits and is never skipped.
+  bool save(SaveRequest request, bool required = false);
 
   // Collective. Waits until the save in flight is committed or aborted on
   // every rank; std::nullopt when none was in flight.

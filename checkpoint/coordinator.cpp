@@ -254,9 +254,9 @@ CheckpointCoordinator::~CheckpointCoordinator() {
   state_->reap_hooks(/*block=*/true);
 }
 
-bool CheckpointCoordinator::save(SaveRequest request) {
+bool CheckpointCoordinator::save(SaveRequest request, bool required) {
   auto& s = *state_;
-  if (s.in_flight && s.options.when_busy == WhenBusy::Skip) {
+  if (!required && s.in_flight && s.options.when_busy == WhenBusy::Skip) {
     auto busy = torch::tensor({s.writer_finished ? int64_t{0} : int64_t{1}});
     s.comm->all_reduce(busy, comm::ReduceOp::Sum);
     if (busy.item<int64_t>() > 0) {

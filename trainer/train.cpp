@@ -185,9 +185,9 @@ checkpoint::CoordinatorOptions coordinator_options(const Config& config) {
 // be on disk before the job exits: a failure here fails the run.
 std::string final_checkpoint(checkpoint::CheckpointCoordinator& coordinator, Run& run, AdaINGAN& gan,
                              const RunPosition& position, double lr) {
-  coordinator.save(checkpoint_request(gan, position, run.comm->world_size(), run.text, lr));
+  coordinator.save(checkpoint_request(gan, position, run.comm->world_size(), run.text, lr), /*required=*/true);
   const auto outcome = coordinator.finish();
-  if (!outcome || !outcome->committed)
+  if (!outcome || !outcome->committed || outcome->step != position.step)
     throw TrainError("the checkpoint of step " + std::to_string(position.step) +
                      " failed: " + (outcome ? outcome->error : std::string("not written")));
   return outcome->path.string();

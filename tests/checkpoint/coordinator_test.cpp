@@ -167,6 +167,19 @@ TEST_F(Coordinator, SkipPolicyDropsASaveRequestedWhileOneIsInFlight) {
   EXPECT_EQ(list(dir), (std::vector<fs::path>{dir / "step-3", dir / "step-1"}));
 }
 
+// The save that ends a run is required: it waits for the one in flight
+// instead of being skipped, so the run never ends on an older checkpoint.
+TEST_F(Coordinator, RequiredSaveWaitsEvenUnderTheSkipPolicy) {
+  if (world()->world_size() > 1) GTEST_SKIP() << "single process";
+  CheckpointCoordinator coordinator(dir, world(), {true, WhenBusy::Skip, 3, 0, "", 60});
+  ASSERT_TRUE(coordinator.save(request(1, std::string(128u << 20, 'b'))));
+  EXPECT_TRUE(coordinator.save(request(2, "small"), /*required=*/true));
+  const auto outcome = coordinator.finish();
+  ASSERT_TRUE(outcome && outcome->committed);
+  EXPECT_EQ(outcome->step, 2);
+  EXPECT_EQ(list(dir), (std::vector<fs::path>{dir / "step-2", dir / "step-1"}));
+}
+
 TEST_F(Coordinator, HookRunsAfterEachCommitWithTheCheckpointsPath) {
   if (world()->world_size() > 1) GTEST_SKIP() << "single process";
   const auto log = dir.parent_path() / "hook.log";
