@@ -127,7 +127,7 @@ struct EvalOptions {
 struct Metric {
   std::string key;     // "ssim_rgb", "style_gram_relu2_1", "random_vgg_fd", ... (a JSON / TensorBoard key)
   std::string label;   // what the table shows: "SSIM (RGB)", "random-VGG FD", ...
-  std::string group;   // "content", "style" or "distribution" (the set-level distances)
+  std::string group;   // "content", "style", "cycle" (CycleGAN) or "distribution" (the set-level distances)
   double value = 0.0;  // mean over pairs, or the set-level distance
   bool higher_is_better = false;
 };
@@ -149,6 +149,15 @@ struct EvalResult {
 // generator's encoder (the loss network): globally average-pooled relu4_1.
 EvalResult evaluate(models::AdaINGenerator& generator, const EvalSet& set, comm::Communicator& comm,
                     const EvalOptions& options);
+
+// CycleGAN (content = domain A, style = domain B): the output of a pair is
+// a2b(content), measured as above on `loss_network`'s features, except the
+// content loss against an AdaIN target (there is none), plus the cycle
+// reconstruction error both ways: mean |b2a(a2b(a)) - a| and
+// |a2b(b2a(b)) - b| per pair (L1 on images in [-1, 1]) and their PSNRs
+// (group "cycle"). Same distribution of work and result as above.
+EvalResult evaluate(models::ResnetGenerator& a2b, models::ResnetGenerator& b2a, models::VGGEncoder& loss_network,
+                    const EvalSet& set, comm::Communicator& comm, const EvalOptions& options);
 
 // The metric named `key` in `result`; throws EvalError when absent.
 double metric(const EvalResult& result, const std::string& key);

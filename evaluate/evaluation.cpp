@@ -2,6 +2,7 @@
 // pairs, which rank measures which, and how the ranks' rows become one result.
 #include <torch/torch.h>
 
+#include <functional>
 #include <map>
 #include <set>
 
@@ -24,46 +25,59 @@ struct PairMetric {
   bool higher_is_better;
 };
 
-std::vector<PairMetric> pair_metrics() {
+// `adain`: with the content loss against the AdaIN target; otherwise
+// (CycleGAN) with the cycle reconstruction errors instead.
+std::vector<PairMetric> pair_metrics(bool adain) {
   std::vector<PairMetric> out = {
       {"ssim_rgb", "SSIM, RGB", "content", true},
       {"ssim_y", "SSIM, luminance", "content", true},
       {"psnr_rgb", "PSNR, RGB (dB)", "content", true},
       {"psnr_y", "PSNR, luminance (dB)", "content", true},
       {"content_loss", "content loss vs content (relu4_1)", "content", false},
-      {"content_loss_adain", "content loss vs AdaIN target", "content", false},
   };
+  if (adain) out.push_back({"content_loss_adain", "content loss vs AdaIN target", "content", false});
   for (const char* layer : kLayers)
     out.push_back({std::string("style_gram_") + layer, std::string("Gram loss ") + layer, "style", false});
   for (const char* layer : kLayers)
     out.push_back({std::string("style_meanstd_") + layer, std::string("mean/std loss ") + layer, "style", false});
+  if (!adain) {
+    out.push_back({"cycle_l1_a", "cycle L1, content -> style -> content", "cycle", false});
+    out.push_back({"cycle_l1_b", "cycle L1, style -> content -> style", "cycle", false});
+    out.push_back({"cycle_psnr_a", "cycle PSNR, content (dB)", "cycle", true});
+    out.push_back({"cycle_psnr_b", "cycle PSNR, style (dB)", "cycle", true});
+  }
   return out;
 }
+
+// Measures one batch of pairs: [B, columns] float64 rows.
+using MeasureBatch = std::function<torch::Tensor(const torch::Tensor& content, const torch::Tensor& style)>;
 
 // Mean over everything but the batch dimension: [N, ...] -> [N].
 torch::Tensor per_image_mean(const torch::Tensor& t) { return t.flatten(1).mean(1); }
 
+// What a generator made of a batch of pairs, with the loss network's
+// features that were computed on the way.
+struct Outputs {
+  torch::Tensor image;                 // the output of each pair
+  std::vector<torch::Tensor> f_style;  // loss-network features of the style images, every layer
+  torch::Tensor f_content;             // relu4_1 features of the content images
+  torch::Tensor target;                // AdaIN only: the decoder's input (content-loss target)
+  std::vector<torch::Tensor> extra;    // [B] columns after the style losses (CycleGAN: cycle errors)
+};
+
 // One row per pair: the pair metrics (pair_metrics() order), then the pooled
 // relu4_1 features of the output, then those of the style image. float64.
-torch::Tensor measure_batch(models::AdaINGenerator& generator, const torch::Tensor& content,
-                            const torch::Tensor& style) {
-  auto& encoder = generator->encoder;
-  // generator->stylize(content, style) at alpha 1, written out so that its
-  // encoder passes over content and style serve the losses too: 3 encoder
-  // passes per pair instead of 5.
-  const auto f_style = encoder->forward_features(style);
-  const auto f_content = encoder->forward(content);
-  const auto target = models::adain(f_content, f_style.back());
-  const models::AdaINGeneratorImpl::Output out{generator->decoder->forward(target), target};
+torch::Tensor measure_rows(models::VGGEncoder& encoder, const torch::Tensor& content, const Outputs& out) {
+  const auto& f_style = out.f_style;
   const auto f_out = encoder->forward_features(out.image);
   std::vector<torch::Tensor> columns = {
       ssim(out.image, content),
       ssim(luminance(out.image), luminance(content)),
       psnr(out.image, content),
       psnr(luminance(out.image), luminance(content)),
-      per_image_mean((f_out.back() - f_content).square()),
-      per_image_mean((f_out.back() - out.target).square()),
+      per_image_mean((f_out.back() - out.f_content).square()),
   };
+  if (out.target.defined()) columns.push_back(per_image_mean((f_out.back() - out.target).square()));
   for (int64_t l = 0; l < kLayerCount; ++l)
     columns.push_back(per_image_mean((models::gram_matrix(f_out[l]) - models::gram_matrix(f_style[l])).square()));
   for (int64_t l = 0; l < kLayerCount; ++l) {
@@ -71,6 +85,7 @@ torch::Tensor measure_batch(models::AdaINGenerator& generator, const torch::Tens
     const auto [mean_style, std_style] = models::channel_mean_std(f_style[l]);
     columns.push_back(per_image_mean((mean_out - mean_style).square()) + per_image_mean((std_out - std_style).square()));
   }
+  columns.insert(columns.end(), out.extra.begin(), out.extra.end());
   std::vector<torch::Tensor> parts;
   for (const auto& c : columns) parts.push_back(c.to(torch::kDouble).unsqueeze(1));
   parts.push_back(f_out.back().mean({2, 3}).to(torch::kDouble));
@@ -90,13 +105,41 @@ struct TrainingModeGuard {
 
 // This rank's rows, padded with zeros to `set.slots` rows so every rank
 // gathers the same shape.
-torch::Tensor local_rows(models::AdaINGenerator& generator, const EvalSet& set, int64_t batch, int64_t columns) {
+// generator->stylize(content, style) at alpha 1, written out so that its
+// encoder passes over content and style serve the losses too: 3 encoder
+// passes per pair instead of 5.
+torch::Tensor measure_adain(models::AdaINGenerator& generator, const torch::Tensor& content,
+                            const torch::Tensor& style) {
+  auto& encoder = generator->encoder;
+  Outputs out;
+  out.f_style = encoder->forward_features(style);
+  out.f_content = encoder->forward(content);
+  out.target = models::adain(out.f_content, out.f_style.back());
+  out.image = generator->decoder->forward(out.target);
+  return measure_rows(encoder, content, out);
+}
+
+// G_A(content) is the output; both cycles are measured on the way.
+torch::Tensor measure_cyclegan(models::ResnetGenerator& a2b, models::ResnetGenerator& b2a,
+                               models::VGGEncoder& encoder, const torch::Tensor& content, const torch::Tensor& style) {
+  Outputs out;
+  out.image = a2b->forward(content);
+  out.f_style = encoder->forward_features(style);
+  out.f_content = encoder->forward(content);
+  const auto rec_a = b2a->forward(out.image);
+  const auto rec_b = a2b->forward(b2a->forward(style));
+  out.extra = {per_image_mean((rec_a - content).abs()), per_image_mean((rec_b - style).abs()), psnr(rec_a, content),
+               psnr(rec_b, style)};
+  return measure_rows(encoder, content, out);
+}
+
+torch::Tensor local_rows(const MeasureBatch& measure, const EvalSet& set, int64_t batch, int64_t columns) {
   auto rows = torch::zeros({set.slots, columns}, torch::kDouble);
   const int64_t n = set.content.defined() ? set.content.size(0) : 0;
   for (int64_t begin = 0; begin < n; begin += batch) {
     const int64_t count = std::min(batch, n - begin);
     rows.narrow(0, begin, count)
-        .copy_(measure_batch(generator, set.content.narrow(0, begin, count), set.style.narrow(0, begin, count)));
+        .copy_(measure(set.content.narrow(0, begin, count), set.style.narrow(0, begin, count)));
   }
   return rows;
 }
@@ -200,18 +243,19 @@ EvalSet slice_eval_set(const torch::Tensor& content, const torch::Tensor& style,
   return set;
 }
 
-EvalResult evaluate(models::AdaINGenerator& generator, const EvalSet& set, comm::Communicator& comm,
-                    const EvalOptions& options) {
+namespace {
+
+// Every rank measures its pairs with `measure` (in eval mode, without
+// gradients); the rows are gathered and summarised identically everywhere.
+EvalResult evaluate_rows(const MeasureBatch& measure, const std::vector<PairMetric>& metrics, int64_t d,
+                         const EvalSet& set, comm::Communicator& comm, const EvalOptions& options) {
   check_set(set, comm.world_size());
   if (options.batch < 1) throw EvalError("evaluation batch must be at least 1, got " + std::to_string(options.batch));
-  const auto metrics = pair_metrics();
   const auto k = static_cast<int64_t>(metrics.size());
-  const int64_t d = generator->encoder->out_channels();
   torch::Tensor rows;
   {
     torch::NoGradGuard no_grad;
-    TrainingModeGuard mode(*generator);
-    rows = local_rows(generator, set, options.batch, k + 2 * d);
+    rows = local_rows(measure, set, options.batch, k + 2 * d);
   }
   // Rank r's block holds pairs [r * slots, ...) with its padding at the end,
   // and only the last non-empty block is short: the first total_pairs rows of
@@ -235,6 +279,26 @@ EvalResult evaluate(models::AdaINGenerator& generator, const EvalSet& set, comm:
   const auto style_rows = rows.index_select(0, torch::tensor(first_use, torch::kLong));
   add_distances(result, rows.narrow(1, k, d), style_rows.narrow(1, k + d, d), options.imagenet_weights);
   return result;
+}
+
+}  // namespace
+
+EvalResult evaluate(models::AdaINGenerator& generator, const EvalSet& set, comm::Communicator& comm,
+                    const EvalOptions& options) {
+  TrainingModeGuard mode(*generator);
+  const auto measure = [&generator](const torch::Tensor& c, const torch::Tensor& s) {
+    return measure_adain(generator, c, s);
+  };
+  return evaluate_rows(measure, pair_metrics(true), generator->encoder->out_channels(), set, comm, options);
+}
+
+EvalResult evaluate(models::ResnetGenerator& a2b, models::ResnetGenerator& b2a, models::VGGEncoder& loss_network,
+                    const EvalSet& set, comm::Communicator& comm, const EvalOptions& options) {
+  TrainingModeGuard mode_a(*a2b), mode_b(*b2a);
+  const auto measure = [&](const torch::Tensor& c, const torch::Tensor& s) {
+    return measure_cyclegan(a2b, b2a, loss_network, c, s);
+  };
+  return evaluate_rows(measure, pair_metrics(false), loss_network->out_channels(), set, comm, options);
 }
 
 double metric(const EvalResult& result, const std::string& key) {

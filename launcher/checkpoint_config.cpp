@@ -31,11 +31,35 @@ trainer::Config checkpoint_config(const fs::path& checkpoint_dir) {
 models::AdaINGenerator load_generator(const fs::path& checkpoint_dir, const trainer::Config& config) {
   if (config.model.family != "adain") {
     throw std::runtime_error("checkpoint '" + checkpoint_dir.string() + "' holds a model.family '" +
-                             config.model.family + "' model; only adain generators can be loaded");
+                             config.model.family + "' model, not adain");
   }
   checkpoint::verify(checkpoint_dir);
   const fs::path file = checkpoint_dir / "generator.pt";
   models::AdaINGenerator generator(config.model.generator);
+  try {
+    torch::load(generator, file.string());
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("cannot load generator '" + file.string() + "': " + e.what_without_backtrace());
+  }
+  generator->eval();
+  return generator;
+}
+
+}  // namespace atelier::launcher
+
+namespace atelier::launcher {
+
+models::ResnetGenerator load_cyclegan_generator(const fs::path& checkpoint_dir, const trainer::Config& config,
+                                                const std::string& direction) {
+  if (config.model.family != "cyclegan")
+    throw std::runtime_error("checkpoint '" + checkpoint_dir.string() + "' holds a model.family '" +
+                             config.model.family + "' model, not cyclegan");
+  if (direction != "a2b" && direction != "b2a")
+    throw ConfigError("--direction: unknown value '" + direction + "' (allowed: a2b, b2a)");
+  checkpoint::verify(checkpoint_dir);
+  // G_A translates A (content) to B (style); G_B the other way.
+  const fs::path file = checkpoint_dir / (direction == "a2b" ? "generator_a.pt" : "generator_b.pt");
+  models::ResnetGenerator generator(config.model.resnet);
   try {
     torch::load(generator, file.string());
   } catch (const c10::Error& e) {

@@ -42,6 +42,13 @@ trainer::Config checkpoint_config(const std::filesystem::path& checkpoint_dir);
 // verify, or its generator.pt does not fit the configuration.
 models::AdaINGenerator load_generator(const std::filesystem::path& checkpoint_dir, const trainer::Config& config);
 
+// A cyclegan checkpoint's generator for `direction`: "a2b" (G_A, content
+// domain to style domain) or "b2a" (G_B), verified, in eval mode. Throws
+// ConfigError for another direction, and naming the checkpoint when it is
+// not a cyclegan model or does not load.
+models::ResnetGenerator load_cyclegan_generator(const std::filesystem::path& checkpoint_dir,
+                                                const trainer::Config& config, const std::string& direction);
+
 // --config FILE and repeatable --set KEY=VALUE, the same on every command
 // that builds a training configuration.
 void add_config_options(CLI::App& cmd, std::string& config_path, std::vector<std::string>& overrides);

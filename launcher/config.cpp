@@ -154,7 +154,8 @@ std::vector<Field> make_fields() {
       text("run.name", AT(run.name), "run directory name under run.dir"),
       text("run.dir", AT(run.dir), "parent folder of run directories"),
       choice<std::string>("run.log_level", AT(run.log_level), levels, "log level"),
-      choice<std::string>("model.family", AT(model.family), {{"adain", "adain"}}, "model trained"),
+      choice<std::string>("model.family", AT(model.family), {{"adain", "adain"}, {"cyclegan", "cyclegan"}},
+             "model trained: adain (AdaIN-GAN) or cyclegan (paper defaults for keys left out)"),
       text("model.vgg_weights", AT(model.generator.encoder.weights_path),
            "torchvision VGG-19 state dict (.pth); empty: fixed random VGG"),
       integer("model.encoder_width", AT(model.generator.encoder.width), 1, 1024,
@@ -168,6 +169,11 @@ std::vector<Field> make_fields() {
       choice<Norm>("model.disc_norm", AT(model.discriminator.norm),
              {{"instance", Norm::Instance}, {"batch", Norm::Batch}, {"none", Norm::None}},
              "PatchGAN normalisation"),
+      integer("model.resnet_width", AT(model.resnet.width), 1, 1024, "cyclegan: generator first-layer channels (ngf)"),
+      integer("model.resnet_blocks", AT(model.resnet.blocks), 0, 64,
+              "cyclegan: residual blocks (default 9 from 256 px, 6 below)"),
+      integer("model.pool_size", AT(model.pool_size), 0, 100000,
+              "cyclegan: generated images in each discriminator's history pool (per rank; 0 = none)"),
       choice<std::string>("data.source", AT(data.source), {{"folder", "folder"}, {"service", "service"}},
              "folder: decode images in process; service: stream batches from data.servers"),
       list("data.content", AT(data.content), "content image folders or files"),
@@ -190,6 +196,9 @@ std::vector<Field> make_fields() {
       real("loss.content_weight", AT(loss.content_weight), 0, 1e6, "lambda_c"),
       real("loss.style_weight", AT(loss.style_weight), 0, 1e6, "lambda_s"),
       real("loss.tv_weight", AT(loss.tv_weight), 0, 1e6, "lambda_tv"),
+      real("loss.cycle_weight", AT(loss.cycle_weight), 0, 1e6, "cyclegan: lambda of the cycle loss"),
+      real("loss.identity_weight", AT(loss.identity_weight), 0, 1e6,
+           "cyclegan: identity loss weight as a fraction of cycle_weight"),
       real("optim.lr_g", AT(optim.lr_g), 1e-12, 10, "generator Adam learning rate"),
       real("optim.lr_d", AT(optim.lr_d), 1e-12, 10, "discriminator Adam learning rate"),
       real("optim.beta1", AT(optim.beta1), 0, 0.999999, "Adam beta1"),
@@ -307,9 +316,37 @@ void check_consistency(const Config& c) {
 
 void check_eval(const Config& c) {
   if (c.eval.every_steps == 0) return;
+  if (c.model.family != "adain")
+    throw ConfigError("eval.every_steps: evaluation during training measures AdaIN-GAN generators, not model.family '" +
+                      c.model.family + "' (set eval.every_steps to 0)");
   if (c.eval.content.empty() || c.eval.style.empty())
     throw ConfigError("eval.every_steps is " + std::to_string(c.eval.every_steps) +
                       ": set eval.content and eval.style to held-out image folders or files (or every_steps to 0)");
+}
+
+// CycleGAN's paper defaults (Zhu et al. 2017) for the keys a cyclegan
+// configuration leaves out: LSGAN, a constant learning rate for the first
+// half of the steps then linear decay to zero (its 100 + 100 epochs), 9
+// residual blocks from 256 px and 6 below.
+void apply_family_defaults(YAML::Node& root) {
+  const YAML::Node& r = root;
+  const auto given = [&r](const char* section, const char* key) { return r[section] && r[section][key]; };
+  if (!given("model", "family") || r["model"]["family"].as<std::string>("") != "cyclegan") return;
+  const auto value_or = [&](const char* section, const char* key, int64_t fallback) {
+    if (!given(section, key)) return fallback;
+    try {
+      return r[section][key].as<int64_t>();
+    } catch (const YAML::Exception&) {
+      return fallback;  // the key's own check reports the bad value
+    }
+  };
+  if (!given("loss", "adversarial")) root["loss"]["adversarial"] = "lsgan";
+  if (!given("optim", "schedule")) root["optim"]["schedule"] = "linear";
+  if (!given("optim", "decay_start"))
+    root["optim"]["decay_start"] = value_or("train", "steps", trainer::TrainOptions{}.steps) / 2;
+  if (!given("model", "resnet_blocks"))
+    root["model"]["resnet_blocks"] =
+        value_or("data", "crop_size", data::AugmentOptions{}.crop_size) >= 256 ? 9 : 6;
 }
 
 void apply_override(YAML::Node& root, const std::string& assignment) {
@@ -346,6 +383,7 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   if (!root.IsMap()) throw ConfigError(origin + ": expected a mapping of sections at the top level");
   for (const auto& assignment : overrides) apply_override(root, assignment);
+  apply_family_defaults(root);
 
   Config config;
   for (const auto& section : root) {

@@ -36,11 +36,13 @@ struct EvaluateArgs {
   int64_t threads = 0;               // 0: the cores shared among this machine's ranks
   std::string out;
   std::string compare;               // an earlier eval.json, or empty
+  std::string vgg_weights;           // cyclegan: torchvision VGG-19 .pth for the loss network; empty = random VGG
 };
 
 const char* const kGroupTitles[][2] = {
     {"content", "content preservation (output vs its content image)"},
     {"style", "style match (output vs its style image, per VGG layer)"},
+    {"cycle", "cycle reconstruction (cyclegan: each image through both generators)"},
     {"distribution", "distribution (outputs vs style images, pooled relu4_1 features)"},
 };
 
@@ -97,7 +99,7 @@ json to_json(const EvaluateArgs& args, const fs::path& dir, const trainer::Confi
               {"size", size},
               {"loss_network",
                {{"weights", result.distance_name == "VGG-FID" ? "imagenet" : "random"},
-                {"width", encoder.width},
+                {"width", result.distance_name == "VGG-FID" ? int64_t{64} : encoder.width},
                 {"seed", encoder.random_seed},
                 {"distance", result.distance_name}}}};
   if (!result.distances_skipped.empty()) out["distances_skipped"] = result.distances_skipped;
@@ -191,7 +193,6 @@ int run_evaluate(const EvaluateArgs& args) {
   torch::set_num_threads(static_cast<int>(args.threads > 0 ? args.threads : std::max<int64_t>(1, cores / comm->world_size())));
   const fs::path dir = checkpoint::resolve(args.checkpoint);
   const auto config = checkpoint_config(dir);
-  auto generator = load_generator(dir, config);
   const int64_t size = args.size > 0 ? args.size : config.data.augment.crop_size;
   const auto set = evaluate::load_eval_set({args.content, args.style, args.pairs, size}, comm->rank(), comm->world_size());
   if (comm->rank() == 0)
@@ -199,8 +200,25 @@ int run_evaluate(const EvaluateArgs& args) {
                  comm->world_size());
   evaluate::EvalOptions options;
   options.batch = args.batch;
-  options.imagenet_weights = trained_with_imagenet_vgg(dir);
-  const auto result = evaluate::evaluate(generator, set, *comm, options);
+  evaluate::EvalResult result;
+  if (config.model.family == "cyclegan") {
+    // The checkpoint has no loss network: the configured one (random VGG of
+    // its width and seed) or the ImageNet VGG-19 given here.
+    auto encoder_options = config.model.generator.encoder;
+    encoder_options.weights_path = args.vgg_weights;
+    if (!args.vgg_weights.empty()) encoder_options.width = 64;
+    models::VGGEncoder loss_network(encoder_options);
+    auto a2b = load_cyclegan_generator(dir, config, "a2b");
+    auto b2a = load_cyclegan_generator(dir, config, "b2a");
+    options.imagenet_weights = !args.vgg_weights.empty();
+    result = evaluate::evaluate(a2b, b2a, loss_network, set, *comm, options);
+  } else {
+    if (!args.vgg_weights.empty())
+      throw ConfigError("--vgg-weights: an adain checkpoint measures with its own encoder; leave the option out");
+    auto generator = load_generator(dir, config);
+    options.imagenet_weights = trained_with_imagenet_vgg(dir);
+    result = evaluate::evaluate(generator, set, *comm, options);
+  }
   if (comm->rank() != 0) return 0;  // every rank has the result; rank 0 reports it
   const auto report = to_json(args, dir, config, size, result);
   write_report(args.out, report);
@@ -229,7 +247,11 @@ void add_evaluate_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--out", args->out, "JSON report to write")->required();
   cmd->add_option("--compare", args->compare, "An earlier report: print this one's difference to it")
       ->check(CLI::ExistingFile);
-  cmd->footer("Under mpirun the pairs are spread over the ranks; the numbers equal a single rank's.\n"
+  cmd->add_option("--vgg-weights", args->vgg_weights,
+                  "cyclegan: torchvision VGG-19 state dict (.pth) as the loss network (default: the fixed random VGG)")
+      ->check(CLI::ExistingFile);
+  cmd->footer("A cyclegan checkpoint is measured on its a2b outputs, plus the cycle reconstruction both ways.\n"
+              "Under mpirun the pairs are spread over the ranks; the numbers equal a single rank's.\n"
               "Exit code 2: bad options; 1: an image, a folder or the checkpoint could not be used.");
   cmd->callback([args, &exit_code] { exit_code = run_evaluate(*args); });
 }

@@ -1,5 +1,6 @@
-// `atelier export --checkpoint C --out g.pt`: the generator's weights as a
-// state dict that Python's torch.load reads, for python/atelier_models.py.
+// `atelier export --checkpoint C --out g.pt [--direction a2b|b2a]`: the
+// generator's weights as a state dict that Python's torch.load reads, for
+// python/atelier_models.py (AdaINGenerator, or CycleGAN's ResnetGenerator).
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
@@ -18,6 +19,7 @@ namespace fs = std::filesystem;
 struct ExportArgs {
   std::string checkpoint;
   std::string out;
+  std::string direction;  // cyclegan: a2b | b2a; empty = a2b
 };
 
 // Parameters and buffers (the encoder's ImageNet statistics) under their
@@ -25,10 +27,10 @@ struct ExportArgs {
 // the same structure has, so load_state_dict(strict=True) accepts them. A
 // plain dict, not an OrderedDict with _metadata: that is what pickle_save
 // writes and what load_state_dict needs.
-c10::Dict<std::string, at::Tensor> state_dict(const models::AdaINGenerator& generator) {
+c10::Dict<std::string, at::Tensor> state_dict(const torch::nn::Module& generator) {
   c10::Dict<std::string, at::Tensor> state;
-  for (const auto& item : generator->named_parameters()) state.insert(item.key(), item.value().detach().contiguous());
-  for (const auto& item : generator->named_buffers()) state.insert(item.key(), item.value().detach().contiguous());
+  for (const auto& item : generator.named_parameters()) state.insert(item.key(), item.value().detach().contiguous());
+  for (const auto& item : generator.named_buffers()) state.insert(item.key(), item.value().detach().contiguous());
   return state;
 }
 
@@ -47,11 +49,28 @@ void write_bytes(const fs::path& path, const std::vector<char>& bytes) {
   fs::rename(partial, path);
 }
 
+int export_cyclegan(const ExportArgs& args, const fs::path& dir, const trainer::Config& config) {
+  const auto direction = args.direction.empty() ? std::string("a2b") : args.direction;
+  const auto generator = load_cyclegan_generator(dir, config, direction);
+  const auto state = state_dict(*generator);
+  write_bytes(args.out, torch::pickle_save(c10::IValue(state)));
+  spdlog::info("exported {} tensors of {} ({}) to {}", state.size(), dir.string(), direction, args.out);
+  std::cout << "Wrote " << args.out << " (CycleGAN generator " << direction << ", width " << config.model.resnet.width
+            << ", " << config.model.resnet.blocks << " blocks). In Python:\n"
+            << "  import torch, atelier_models  # python/atelier_models.py\n"
+            << "  g = atelier_models.ResnetGenerator.from_state_dict(torch.load('" << args.out << "'))\n";
+  return 0;
+}
+
 int run_export(const ExportArgs& args) {
   const fs::path dir = checkpoint::resolve(args.checkpoint);
   const auto config = checkpoint_config(dir);
+  if (config.model.family == "cyclegan") return export_cyclegan(args, dir, config);
+  if (!args.direction.empty())
+    throw ConfigError("--direction: only cyclegan checkpoints have directions; this one is model.family '" +
+                      config.model.family + "'");
   const auto generator = load_generator(dir, config);
-  const auto state = state_dict(generator);
+  const auto state = state_dict(*generator);
   write_bytes(args.out, torch::pickle_save(c10::IValue(state)));
   const auto width = config.model.generator.encoder.width;
   spdlog::info("exported {} tensors of {} to {}", state.size(), dir.string(), args.out);
@@ -71,7 +90,10 @@ void add_export_command(CLI::App& app, int& exit_code) {
                   "Checkpoint: runs/x, runs/x/checkpoints, a step-N directory or a LATEST file")
       ->required();
   cmd->add_option("--out", args->out, "Output file, e.g. g.pt")->required();
-  cmd->footer("Load it with python/atelier_models.py: AdaINGenerator(width=W).load_state_dict(torch.load(path)).");
+  cmd->add_option("--direction", args->direction,
+                  "cyclegan: which generator, a2b (content domain to style domain, default) or b2a");
+  cmd->footer("Load it with python/atelier_models.py: AdaINGenerator(width=W).load_state_dict(torch.load(path)),\n"
+              "or for a cyclegan checkpoint ResnetGenerator.from_state_dict(torch.load(path)).");
   cmd->callback([args, &exit_code] { exit_code = run_export(*args); });
 }
 

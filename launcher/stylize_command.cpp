@@ -1,6 +1,7 @@
 // `atelier stylize --checkpoint C --content in.jpg|DIR --style s.jpg ... --out out.png|DIR`:
 // apply a trained AdaIN-GAN generator to images of any size, with style
-// interpolation, a content/style trade-off and colour preservation.
+// interpolation, a content/style trade-off and colour preservation; or a
+// CycleGAN generator (`--direction a2b|b2a`, no style image).
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -38,6 +39,7 @@ struct StylizeArgs {
   int64_t batch = 4;
   int64_t threads = 0;  // 0: one per core
   std::string out;
+  std::string direction;  // cyclegan: a2b | b2a; empty = a2b
 };
 
 // One content image to stylise and where its result goes.
@@ -48,7 +50,8 @@ struct Job {
 
 // What every batch needs, loaded once.
 struct Model {
-  models::AdaINGenerator generator{nullptr};
+  models::AdaINGenerator generator{nullptr};  // adain
+  models::ResnetGenerator translator{nullptr};  // cyclegan
   std::vector<torch::Tensor> styles;  // [3, h_i, w_i] each
   std::vector<double> weights;
 };
@@ -120,10 +123,33 @@ void check_side(const torch::Tensor& image, const std::string& path) {
                              std::to_string(image.size(1)) + " pixels; stylize needs at least 8 on each side");
 }
 
+// What only one family accepts, known once the checkpoint's config is read.
+void check_family_args(const StylizeArgs& args, const std::string& family) {
+  if (family == "cyclegan") {
+    if (!args.styles.empty())
+      throw ConfigError("--style: a cyclegan checkpoint translates between its two domains without a style image; "
+                        "choose the way with --direction a2b|b2a");
+    if (!args.weights.empty() || args.alpha != 1.0 || args.preserve_color == "histogram")
+      throw ConfigError("--weights, --alpha and --preserve-color histogram need an adain checkpoint's style images");
+    return;
+  }
+  if (!args.direction.empty())
+    throw ConfigError("--direction: only cyclegan checkpoints have directions; this one is model.family '" + family + "'");
+  if (args.styles.empty()) throw ConfigError("--style: an adain checkpoint needs at least one style image");
+}
+
 Model load_model(const StylizeArgs& args) {
   const fs::path dir = checkpoint::resolve(args.checkpoint);
+  const auto config = checkpoint_config(dir);
+  check_family_args(args, config.model.family);
   Model model;
-  model.generator = load_generator(dir, checkpoint_config(dir));
+  if (config.model.family == "cyclegan") {
+    const auto direction = args.direction.empty() ? std::string("a2b") : args.direction;
+    model.translator = load_cyclegan_generator(dir, config, direction);
+    spdlog::info("translating with {} ({})", dir.string(), direction);
+    return model;
+  }
+  model.generator = load_generator(dir, config);
   for (const auto& path : args.styles) {
     model.styles.push_back(data::load_image(path, args.size));
     check_side(model.styles.back(), path);
@@ -134,15 +160,30 @@ Model load_model(const StylizeArgs& args) {
   return model;
 }
 
+// Reflection, not zeros: a padded border that looks like the image keeps
+// the decoder from painting a frame into the part we keep.
+torch::Tensor pad_to_stride(const torch::Tensor& images) {
+  const int64_t height = images.size(2), width = images.size(3);
+  return torch::nn::functional::pad(
+      images, torch::nn::functional::PadFuncOptions(
+                  {0, (kStride - width % kStride) % kStride, 0, (kStride - height % kStride) % kStride})
+                  .mode(torch::kReflect));
+}
+
+torch::Tensor keep_luminance(const torch::Tensor& out, const torch::Tensor& content) {
+  std::vector<torch::Tensor> kept;
+  for (int64_t b = 0; b < content.size(0); ++b) kept.push_back(data::transfer_luminance(out[b], content[b]));
+  return torch::stack(kept);
+}
+
 // Stylises same-sized content images [B, 3, H, W]; returns [B, 3, H, W].
 torch::Tensor stylize_batch(Model& model, const torch::Tensor& content, const StylizeArgs& args) {
   const int64_t height = content.size(2), width = content.size(3);
-  // Reflection, not zeros: a padded border that looks like the image keeps
-  // the decoder from painting a frame into the part we keep.
-  const auto padded = torch::nn::functional::pad(
-      content, torch::nn::functional::PadFuncOptions({0, (kStride - width % kStride) % kStride, 0,
-                                                      (kStride - height % kStride) % kStride})
-                   .mode(torch::kReflect));
+  const auto padded = pad_to_stride(content);
+  if (model.translator) {
+    const auto out = model.translator->forward(padded).slice(2, 0, height).slice(3, 0, width);
+    return args.preserve_color == "luminance" ? keep_luminance(out, content) : out;
+  }
   std::vector<torch::Tensor> styles;
   for (const auto& style : model.styles) {
     if (args.preserve_color != "histogram") {
@@ -154,15 +195,10 @@ torch::Tensor stylize_batch(Model& model, const torch::Tensor& content, const St
     for (int64_t b = 0; b < content.size(0); ++b) matched.push_back(data::match_histogram(style, content[b]));
     styles.push_back(torch::stack(matched));
   }
-  auto out = model.generator->stylize_mixed(padded, styles, model.weights, args.alpha)
+  const auto out = model.generator->stylize_mixed(padded, styles, model.weights, args.alpha)
                  .image.slice(2, 0, height)
                  .slice(3, 0, width);
-  if (args.preserve_color == "luminance") {
-    std::vector<torch::Tensor> kept;
-    for (int64_t b = 0; b < content.size(0); ++b) kept.push_back(data::transfer_luminance(out[b], content[b]));
-    out = torch::stack(kept);
-  }
-  return out;
+  return args.preserve_color == "luminance" ? keep_luminance(out, content) : out;
 }
 
 // A \r-redrawn bar on a terminal; a log line per batch otherwise (a log file
@@ -242,16 +278,17 @@ int run_stylize(const StylizeArgs& args) {
 
 void add_stylize_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<StylizeArgs>();
-  auto* cmd = app.add_subcommand("stylize", "Stylize images with a trained AdaIN-GAN checkpoint");
+  auto* cmd = app.add_subcommand("stylize", "Stylize images with a trained AdaIN-GAN or CycleGAN checkpoint");
   cmd->add_option("--checkpoint", args->checkpoint,
                   "Checkpoint: runs/x, runs/x/checkpoints, a step-N directory or a LATEST file")
       ->required();
   cmd->add_option("--content", args->content, "Content image, or a folder of them (searched recursively)")
       ->required();
-  cmd->add_option("--style", args->styles, "Style image; repeat to mix several styles")
-      ->required()
+  cmd->add_option("--style", args->styles, "Style image; repeat to mix several styles (adain)")
       ->expected(1)
       ->take_all();
+  cmd->add_option("--direction", args->direction,
+                  "cyclegan: a2b translates content-domain images to the style domain (default), b2a back");
   cmd->add_option("--weights", args->weights, "One weight per --style, >= 0, summing to 1 (default: equal)")
       ->delimiter(',');
   cmd->add_option("--alpha", args->alpha, "Style strength in [0, 1]: 0 keeps the content's features, 1 full style");
@@ -262,7 +299,8 @@ void add_stylize_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--batch", args->batch, "Content images of the same size stylised together");
   cmd->add_option("--threads", args->threads, "LibTorch intra-op threads (default: one per core)");
   cmd->add_option("--out", args->out, "Output image (.png/.jpg), or a folder when --content is a folder")->required();
-  cmd->footer("Any image size works: inputs are reflect-padded to a multiple of 8 and cropped back.\n"
+  cmd->footer("adain checkpoints need --style; cyclegan checkpoints take --direction instead.\n"
+              "Any image size works: inputs are reflect-padded to a multiple of 8 and cropped back.\n"
               "A folder of content images gives a folder of PNGs named after them.\n"
               "Exit code 2: bad options; 1: an image or the checkpoint could not be used.");
   cmd->callback([args, &exit_code] { exit_code = run_stylize(*args); });

@@ -1,4 +1,5 @@
 // The PatchGAN critic, laid out as pix2pix's NLayerDiscriminator.
+#include "models/layers.h"
 #include "models/models.h"
 
 #include <algorithm>
@@ -7,22 +8,6 @@ namespace atelier::models {
 namespace {
 
 constexpr double kLeakySlope = 0.2;
-
-void add_norm(torch::nn::Sequential& layers, Norm norm, int64_t channels) {
-  switch (norm) {
-    case Norm::Instance:
-      // Non-affine and without running statistics, as pix2pix: each patch
-      // set is normalised by its own statistics in training and evaluation.
-      layers->push_back(torch::nn::InstanceNorm2d(
-          torch::nn::InstanceNorm2dOptions(channels).affine(false).track_running_stats(false)));
-      break;
-    case Norm::Batch:
-      layers->push_back(torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(channels)));
-      break;
-    case Norm::None:
-      break;
-  }
-}
 
 void add_leaky_relu(torch::nn::Sequential& layers) {
   layers->push_back(
@@ -39,22 +24,23 @@ void add_block(torch::nn::Sequential& layers, int64_t in, int64_t out, int64_t s
   add_leaky_relu(layers);
 }
 
-// pix2pix's init_weights('normal', 0.02); LibTorch's default (Kaiming
-// uniform) trains the critic noticeably faster than the generator.
-void init_weights(torch::nn::Module& module) {
-  torch::NoGradGuard no_grad;
-  for (auto& child : module.modules(/*include_self=*/false)) {
-    if (auto* conv = child->as<torch::nn::Conv2d>()) {
-      conv->weight.normal_(0.0, 0.02);
-      if (conv->bias.defined()) conv->bias.zero_();
-    } else if (auto* batch_norm = child->as<torch::nn::BatchNorm2d>()) {
-      batch_norm->weight.normal_(1.0, 0.02);
-      batch_norm->bias.zero_();
-    }
+}  // namespace
+
+void add_norm(torch::nn::Sequential& layers, Norm norm, int64_t channels) {
+  switch (norm) {
+    case Norm::Instance:
+      // Non-affine and without running statistics, as pix2pix: each patch
+      // set is normalised by its own statistics in training and evaluation.
+      layers->push_back(torch::nn::InstanceNorm2d(
+          torch::nn::InstanceNorm2dOptions(channels).affine(false).track_running_stats(false)));
+      break;
+    case Norm::Batch:
+      layers->push_back(torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(channels)));
+      break;
+    case Norm::None:
+      break;
   }
 }
-
-}  // namespace
 
 Norm parse_norm(const std::string& name) {
   if (name == "instance") return Norm::Instance;
@@ -84,7 +70,9 @@ PatchDiscriminatorImpl::PatchDiscriminatorImpl(const DiscriminatorOptions& optio
   layers->push_back(torch::nn::Conv2d(
       torch::nn::Conv2dOptions(channels(options.layers), 1, 4).stride(1).padding(1)));
   register_module("layers", layers);
-  init_weights(*this);
+  // pix2pix's init_weights('normal', 0.02); LibTorch's default (Kaiming
+  // uniform) trains the critic noticeably faster than the generator.
+  init_normal(*this, 0.02);
 }
 
 torch::Tensor PatchDiscriminatorImpl::forward(const torch::Tensor& images) {

@@ -103,6 +103,12 @@ torch::Tensor style_loss(const std::vector<torch::Tensor>& output_features,
   return total;
 }
 
+torch::Tensor l1_loss(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.sizes() != b.sizes())
+    throw ModelError("l1_loss needs equal shapes, got " + shape_string(a) + " and " + shape_string(b));
+  return (a - b).abs().mean();
+}
+
 torch::Tensor total_variation_loss(const torch::Tensor& images) {
   // A single row or column has no neighbours; the mean over nothing is NaN.
   if (images.dim() < 2 || images.size(-1) < 2 || images.size(-2) < 2) {

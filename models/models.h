@@ -5,6 +5,8 @@
 // normalisation moves the style's channel statistics onto the content
 // features, a mirrored decoder turns them back into an image, and a 70x70
 // PatchGAN discriminator judges stylised images against real style images.
+// CycleGAN (Zhu et al. 2017): ResNet generators both ways between two image
+// domains, PatchGANs and history pools (see its section below).
 // Every image tensor here is float NCHW in [-1, 1].
 #pragma once
 
@@ -148,6 +150,64 @@ struct PatchDiscriminatorImpl : torch::nn::Module {
 TORCH_MODULE(PatchDiscriminator);
 
 // ---------------------------------------------------------------------------
+// CycleGAN (Zhu et al. 2017): two ResNet generators translate between a
+// domain A (content photographs) and a domain B (style paintings), two
+// PatchGANs above judge each domain, and each discriminator learns from a
+// history pool of generated images.
+
+// normal(0, std) weights and zero biases for every conv and transposed conv
+// (batch norm: weight normal(1, std)), the reference's init_weights('normal').
+void init_normal(torch::nn::Module& module, double std);
+
+// x + (reflect-pad, 3x3 conv, norm, ReLU, [dropout 0.5], reflect-pad, 3x3 conv, norm)(x)
+struct ResnetBlockImpl : torch::nn::Module {
+  ResnetBlockImpl(int64_t channels, Norm norm, bool dropout);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Sequential block{nullptr};
+};
+TORCH_MODULE(ResnetBlock);
+
+struct ResnetGeneratorOptions {
+  int64_t width = 64;   // ngf: channels of the first conv; 2w and 4w after the two downsamplings
+  int64_t blocks = 9;   // residual blocks (the paper: 9 at 256 px, 6 at 128 px)
+  Norm norm = Norm::Instance;
+  bool dropout = false;
+};
+
+// c7s1-w, d2w, d4w, blocks x R4w, u2w, uw, c7s1-3, tanh: reflection padding,
+// non-affine instance norm, weights normal(0, 0.02). Keeps the image size;
+// H and W must be multiples of 4 (throws ModelError otherwise).
+struct ResnetGeneratorImpl : torch::nn::Module {
+  explicit ResnetGeneratorImpl(const ResnetGeneratorOptions& options);
+  torch::Tensor forward(const torch::Tensor& images);
+
+  ResnetGeneratorOptions options;
+  torch::nn::Sequential layers{nullptr};
+};
+TORCH_MODULE(ResnetGenerator);
+
+// Up to `capacity` earlier generated images. query() returns, per image of
+// the batch, the image itself while the pool fills; afterwards, with
+// probability 1/2, a uniformly chosen stored image (replaced by the new one),
+// else the new image. Draws from torch's global CPU generator, so a seeded
+// run is reproducible; capacity 0 returns the batch unchanged.
+class ImagePool {
+ public:
+  explicit ImagePool(int64_t capacity);
+  torch::Tensor query(const torch::Tensor& images);
+  int64_t size() const { return static_cast<int64_t>(images_.size()); }
+  int64_t capacity() const { return capacity_; }
+  // The stored images as one [n, C, H, W] tensor (empty [0] when n = 0),
+  // and back; load_state throws ModelError when they do not fit.
+  torch::Tensor state() const;
+  void load_state(const torch::Tensor& images);
+
+ private:
+  int64_t capacity_;
+  std::vector<torch::Tensor> images_;
+};
+
+// ---------------------------------------------------------------------------
 // Losses. Every loss is a scalar tensor, differentiable.
 
 enum class Adversarial { BCE, LSGAN, Hinge };
@@ -175,6 +235,9 @@ torch::Tensor gram_matrix(const torch::Tensor& features);
 // Sum over layers of MSE(mean) + MSE(std) (MeanStd) and/or MSE(Gram) (Gram).
 torch::Tensor style_loss(const std::vector<torch::Tensor>& output_features,
                          const std::vector<torch::Tensor>& style_features, StyleStatistics kind);
+
+// CycleGAN's cycle-consistency and identity term: mean |a - b| (L1).
+torch::Tensor l1_loss(const torch::Tensor& a, const torch::Tensor& b);
 
 // Anisotropic L1 total variation: mean |dx| + mean |dy|.
 torch::Tensor total_variation_loss(const torch::Tensor& images);

@@ -146,3 +146,68 @@ class AdaINGenerator(nn.Module):
 
     def forward(self, content, style, alpha=1.0):
         return self.stylize_mixed(content, [style], [1.0], alpha)
+
+
+# ---------------------------------------------------------------------------
+# CycleGAN: `atelier export --direction a2b|b2a` writes one ResnetGenerator.
+# Layout of models/resnet_generator.cpp (the reference implementation's
+# ResnetGenerator with instance norm); names match the C++ module's.
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels))
+
+    def forward(self, x):
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """c7s1-w, d2w, d4w, blocks x R4w, u2w, uw, c7s1-3, tanh (CycleGAN's generator)."""
+
+    def __init__(self, width=64, blocks=9):
+        super().__init__()
+        w = width
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(3, w, 7), nn.InstanceNorm2d(w), nn.ReLU(True)]
+        for i in range(2):
+            layers += [nn.Conv2d(w << i, w << (i + 1), 3, stride=2, padding=1), nn.InstanceNorm2d(w << (i + 1)),
+                       nn.ReLU(True)]
+        layers += [ResnetBlock(4 * w) for _ in range(blocks)]
+        for i in (2, 1):
+            layers += [nn.ConvTranspose2d(w << i, w << (i - 1), 3, stride=2, padding=1, output_padding=1),
+                       nn.InstanceNorm2d(w << (i - 1)), nn.ReLU(True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(w, 3, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    @classmethod
+    def from_state_dict(cls, state):
+        """A generator of the width and depth the weights have, with them loaded (strict)."""
+        blocks = len({key.split(".")[1] for key in state if ".conv_block." in key})
+        model = cls(width=state["model.1.weight"].shape[0], blocks=blocks)
+        model.load_state_dict(state)
+        return model
+
+    def forward(self, images):
+        return self.model(images)
+
+
+class PatchDiscriminator(nn.Module):
+    """models/discriminator.cpp with instance norm: 4x4 convs, LeakyReLU(0.2), one logit per patch."""
+
+    def __init__(self, width=64, layers=3):
+        super().__init__()
+        def channels(n):
+            return width * (1 << min(n, 3))
+        seq = [nn.Conv2d(3, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        for n in range(1, layers + 1):
+            stride = 2 if n < layers else 1
+            seq += [nn.Conv2d(channels(n - 1), channels(n), 4, stride=stride, padding=1, bias=False),
+                    nn.InstanceNorm2d(channels(n)), nn.LeakyReLU(0.2)]
+        seq.append(nn.Conv2d(channels(layers), 1, 4, stride=1, padding=1))
+        self.layers = nn.Sequential(*seq)
+
+    def forward(self, images):
+        return self.layers(images)

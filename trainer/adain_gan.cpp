@@ -1,15 +1,12 @@
 #include <sstream>
 
 #include "trainer/adain_gan.h"
+#include "trainer/cycle_gan.h"
 
 namespace atelier::trainer {
 namespace fs = std::filesystem;
 
 namespace {
-
-torch::optim::AdamOptions adam(double lr, const OptimConfig& optim) {
-  return torch::optim::AdamOptions(lr).betas(std::make_tuple(optim.beta1, optim.beta2));
-}
 
 void clip(const std::vector<torch::Tensor>& parameters, double max_norm) {
   if (max_norm > 0) torch::nn::utils::clip_grad_norm_(parameters, max_norm);
@@ -25,14 +22,22 @@ double lr_factor(const OptimConfig& optim, int64_t step, int64_t total) {
   return std::max(0.0, 1.0 - static_cast<double>(step - optim.decay_start) / span);
 }
 
+torch::optim::AdamOptions adam_options(double lr, const OptimConfig& optim) {
+  return torch::optim::AdamOptions(lr).betas(std::make_tuple(optim.beta1, optim.beta2));
+}
+
+void set_adam_lr(torch::optim::Adam& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+}
+
 AdaINGAN::AdaINGAN(const Config& config, std::shared_ptr<comm::Communicator> comm)
     : config_(config), comm_(std::move(comm)) {
   generator = models::AdaINGenerator(config.model.generator);
   discriminator = models::PatchDiscriminator(config.model.discriminator);
   optimizer_g_ = std::make_unique<torch::optim::Adam>(generator->trainable_parameters(),
-                                                      adam(config.optim.lr_g, config.optim));
+                                                      adam_options(config.optim.lr_g, config.optim));
   optimizer_d_ = std::make_unique<torch::optim::Adam>(discriminator->parameters(),
-                                                      adam(config.optim.lr_d, config.optim));
+                                                      adam_options(config.optim.lr_d, config.optim));
   if (comm_ && comm_->world_size() > 1) {
     const comm::ReducerOptions reduce{config.dist.bucket_mb, config.dist.compression};
     reducer_d_ = std::make_unique<comm::GradientReducer>(comm_, discriminator->parameters(), reduce);
@@ -54,16 +59,10 @@ void AdaINGAN::sync_replicas() {
   if (comm_ && comm_->world_size() > 1) comm::broadcast_from_rank0(*comm_, state_tensors());
 }
 
-void AdaINGAN::set_lr(double scale) {
-  for (auto& group : optimizer_g_->param_groups())
-    static_cast<torch::optim::AdamOptions&>(group.options()).lr(config_.optim.lr_g * scale);
-  for (auto& group : optimizer_d_->param_groups())
-    static_cast<torch::optim::AdamOptions&>(group.options()).lr(config_.optim.lr_d * scale);
-}
-
 StepLosses AdaINGAN::step(const torch::Tensor& content, const torch::Tensor& style, double lr_scale) {
   const auto& loss = config_.loss;
-  set_lr(lr_scale);
+  set_adam_lr(*optimizer_g_, config_.optim.lr_g * lr_scale);
+  set_adam_lr(*optimizer_d_, config_.optim.lr_d * lr_scale);
   generator->train();
   discriminator->train();
 
@@ -107,8 +106,12 @@ StepLosses AdaINGAN::step(const torch::Tensor& content, const torch::Tensor& sty
   clip(generator->trainable_parameters(), config_.optim.grad_clip);
   optimizer_g_->step();
 
-  return {loss_d.item<double>(),       loss_g.item<double>(),     adv.item<double>(),
-          content_term.item<double>(), style_term.item<double>(), tv.item<double>()};
+  return {loss_d.item<double>(),
+          loss_g.item<double>(),
+          {{"adv", adv.item<double>()},
+           {"content", content_term.item<double>()},
+           {"style", style_term.item<double>()},
+           {"tv", tv.item<double>()}}};
 }
 
 torch::Tensor AdaINGAN::stylize(const torch::Tensor& content, const torch::Tensor& style) {
@@ -119,25 +122,26 @@ torch::Tensor AdaINGAN::stylize(const torch::Tensor& content, const torch::Tenso
   return out;
 }
 
-namespace {
-template <typename T>
-checkpoint::StateFile serialised(const std::string& name, const T& value) {
-  std::ostringstream bytes;
-  torch::save(value, bytes);
-  return {name, bytes.str()};
+std::vector<torch::Tensor> AdaINGAN::sample_columns(const torch::Tensor& content, const torch::Tensor& style) {
+  return {content, style, stylize(content, style)};
 }
-}  // namespace
 
 std::vector<checkpoint::StateFile> AdaINGAN::snapshot() {
   return {serialised("generator.pt", generator), serialised("discriminator.pt", discriminator),
           serialised("optimizer_g.pt", *optimizer_g_), serialised("optimizer_d.pt", *optimizer_d_)};
 }
 
-void AdaINGAN::load(const fs::path& dir) {
+void AdaINGAN::load(const fs::path& dir, const fs::path& /*rank_dir*/) {
   torch::load(generator, (dir / "generator.pt").string());
   torch::load(discriminator, (dir / "discriminator.pt").string());
   torch::load(*optimizer_g_, (dir / "optimizer_g.pt").string());
   torch::load(*optimizer_d_, (dir / "optimizer_d.pt").string());
+}
+
+std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm::Communicator> comm) {
+  if (config.model.family == "adain") return std::make_unique<AdaINGAN>(config, std::move(comm));
+  if (config.model.family == "cyclegan") return std::make_unique<CycleGAN>(config, std::move(comm));
+  throw TrainError("model.family '" + config.model.family + "' is not built (allowed: adain, cyclegan)");
 }
 
 }  // namespace atelier::trainer

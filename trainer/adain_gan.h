@@ -5,21 +5,11 @@
 #include <filesystem>
 #include <memory>
 
-#include "checkpoint/checkpoint.h"
-#include "trainer/trainer.h"
+#include "trainer/gan_model.h"
 
 namespace atelier::trainer {
 
-struct StepLosses {
-  double d = 0;        // discriminator loss
-  double g = 0;        // total generator loss
-  double adv = 0;      // generator adversarial term (unweighted)
-  double content = 0;  // content term (unweighted)
-  double style = 0;    // style term (unweighted)
-  double tv = 0;       // total-variation term (unweighted)
-};
-
-class AdaINGAN {
+class AdaINGAN : public GanModel {
  public:
   // Builds the networks and optimisers; weights come from the global torch
   // RNG, which the caller seeds. With a communicator of more than one rank,
@@ -27,30 +17,29 @@ class AdaINGAN {
   // and D's gradients across ranks (one GradientReducer per network).
   explicit AdaINGAN(const Config& config, std::shared_ptr<comm::Communicator> comm = nullptr);
 
-  // Rank 0's parameters and buffers on every rank, so replicas start equal.
-  void sync_replicas();
-  // Every parameter and buffer of G and D (what replicas must agree on).
-  std::vector<torch::Tensor> state_tensors();
+  void sync_replicas() override;
+  std::vector<torch::Tensor> state_tensors() override;
 
-  // One discriminator update, then one generator update, at learning rates
-  // scaled by `lr_scale`.
-  StepLosses step(const torch::Tensor& content, const torch::Tensor& style, double lr_scale);
+  // One discriminator update, then one generator update. Terms: adv,
+  // content, style, tv.
+  StepLosses step(const torch::Tensor& content, const torch::Tensor& style, double lr_scale) override;
 
   // Stylised images for samples, without gradients.
   torch::Tensor stylize(const torch::Tensor& content, const torch::Tensor& style);
+  // content | style | stylised
+  std::vector<torch::Tensor> sample_columns(const torch::Tensor& content, const torch::Tensor& style) override;
+  std::string sample_tag() const override { return "samples/content_style_stylised"; }
 
-  // Networks and optimiser moments serialised in memory, as the files
-  // generator.pt, discriminator.pt, optimizer_g.pt, optimizer_d.pt; load()
-  // reads them back from a checkpoint directory.
-  std::vector<checkpoint::StateFile> snapshot();
-  void load(const std::filesystem::path& dir);
+  // generator.pt, discriminator.pt, optimizer_g.pt, optimizer_d.pt.
+  std::vector<checkpoint::StateFile> snapshot() override;
+  void load(const std::filesystem::path& dir, const std::filesystem::path& rank_dir) override;
+
+  models::AdaINGenerator* adain_generator() override { return &generator; }
 
   models::AdaINGenerator generator{nullptr};
   models::PatchDiscriminator discriminator{nullptr};
 
  private:
-  void set_lr(double scale);
-
   Config config_;
   std::shared_ptr<comm::Communicator> comm_;
   std::unique_ptr<comm::GradientReducer> reducer_g_;  // null in a world of one

@@ -61,7 +61,7 @@ std::string config_hash(const std::string& resolved_yaml) {
   return hex.str();
 }
 
-checkpoint::SaveRequest checkpoint_request(AdaINGAN& gan, const RunPosition& position, int world_size,
+checkpoint::SaveRequest checkpoint_request(GanModel& gan, const RunPosition& position, int world_size,
                                            const RunConfigText& config, double lr_factor) {
   checkpoint::SaveRequest request;
   request.info = {position.step, position.cursor.epoch, world_size, config.hash};
@@ -73,10 +73,11 @@ checkpoint::SaveRequest checkpoint_request(AdaINGAN& gan, const RunPosition& pos
   request.shared.push_back({kConfig, config.yaml});
   request.own.push_back({kRankRng, rng_bytes()});
   request.own.push_back({kRankState, nlohmann::json{{"cursor", cursor_json(position.cursor)}}.dump(2) + "\n"});
+  for (auto& file : gan.snapshot_own()) request.own.push_back(std::move(file));
   return request;
 }
 
-RunPosition restore_checkpoint(const fs::path& checkpoint_dir, AdaINGAN& gan, int rank, int world_size,
+RunPosition restore_checkpoint(const fs::path& checkpoint_dir, GanModel& gan, int rank, int world_size,
                                const std::string& hash) {
   const auto manifest = checkpoint::read_manifest(checkpoint_dir);
   // The global batch and each rank's slice of it depend on the world size:
@@ -88,7 +89,7 @@ RunPosition restore_checkpoint(const fs::path& checkpoint_dir, AdaINGAN& gan, in
   if (manifest.config_hash != hash && rank == 0)
     spdlog::warn("resuming {} with a configuration that differs from the one it was saved with",
                  checkpoint_dir.string());
-  gan.load(checkpoint_dir);
+  gan.load(checkpoint_dir, checkpoint_dir / ("rank-" + std::to_string(rank)));
   restore_rng(checkpoint_dir, rank);
   const auto shared = read_json(checkpoint_dir / kTrainerState);
   RunPosition position{shared.at("step").get<int64_t>(), cursor_of(shared.at("cursor"))};

@@ -1,12 +1,12 @@
 // What a training checkpoint holds and how a rank gets it back. Private to
 // trainer/.
 //
-// Shared (written once by rank 0): generator.pt, discriminator.pt,
-// optimizer_{g,d}.pt (every Adam moment), trainer_state.json (step, epoch,
+// Shared (written once by rank 0): the model's networks and optimisers
+// (every Adam moment; GanModel::snapshot), trainer_state.json (step, epoch,
 // cursor, learning-rate factor, world size) and config.yaml, so tools can
 // rebuild the networks from the checkpoint alone. Per rank, under
-// rank-<r>/: rng.pt (the CPU generator) and state.json (that rank's data
-// cursor). Resume restores each rank's own files, so every rank continues
+// rank-<r>/: rng.pt (the CPU generator), state.json (that rank's data
+// cursor) and what the model keeps per rank (CycleGAN's history pools). Resume restores each rank's own files, so every rank continues
 // exactly where it stopped.
 #pragma once
 
@@ -15,7 +15,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "data/data.h"
-#include "trainer/adain_gan.h"
+#include "trainer/gan_model.h"
 
 namespace atelier::trainer {
 
@@ -35,13 +35,13 @@ std::string config_hash(const std::string& resolved_yaml);
 
 // This rank's SaveRequest at `position`: copies of every tensor into
 // serialised host memory, so training may go on while it is written.
-checkpoint::SaveRequest checkpoint_request(AdaINGAN& gan, const RunPosition& position, int world_size,
+checkpoint::SaveRequest checkpoint_request(GanModel& gan, const RunPosition& position, int world_size,
                                            const RunConfigText& config, double lr_factor);
 
 // Restores G, D, the optimisers, this rank's RNG and returns the position of
 // `checkpoint_dir`. Throws TrainError when the world size differs or this
 // rank's files are missing.
-RunPosition restore_checkpoint(const std::filesystem::path& checkpoint_dir, AdaINGAN& gan, int rank, int world_size,
+RunPosition restore_checkpoint(const std::filesystem::path& checkpoint_dir, GanModel& gan, int rank, int world_size,
                                const std::string& config_hash);
 
 }  // namespace atelier::trainer

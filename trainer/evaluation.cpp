@@ -41,6 +41,9 @@ HeldOutEvaluation::HeldOutEvaluation(const Config& config, const comm::Communica
   if (config.eval.content.empty() || config.eval.style.empty())
     throw TrainError("eval.every_steps is " + std::to_string(config.eval.every_steps) +
                      " but eval.content or eval.style is empty: set both to held-out folders or files");
+  if (config.model.family != "adain")
+    throw TrainError("eval.every_steps: evaluation during training measures AdaIN-GAN generators; model.family is '" +
+                     config.model.family + "': set eval.every_steps to 0");
   state_ = std::make_unique<State>();
   state_->every_steps = config.eval.every_steps;
   state_->options.batch = config.train.batch_size;
@@ -56,11 +59,11 @@ HeldOutEvaluation::HeldOutEvaluation(const Config& config, const comm::Communica
 
 HeldOutEvaluation::~HeldOutEvaluation() = default;
 
-void HeldOutEvaluation::after_step(int64_t step, int64_t total, AdaINGAN& gan, comm::Communicator& comm,
+void HeldOutEvaluation::after_step(int64_t step, int64_t total, GanModel& gan, comm::Communicator& comm,
                                    MetricsLog* metrics, EventWriter* events) {
   if (!state_ || (step % state_->every_steps != 0 && step != total)) return;
   const auto start = std::chrono::steady_clock::now();
-  const auto result = evaluate::evaluate(gan.generator, state_->set, comm, state_->options);
+  const auto result = evaluate::evaluate(*gan.adain_generator(), state_->set, comm, state_->options);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::map<std::string, double> values = {{"eval/seconds", seconds}};
   for (const auto& m : result.metrics) values["eval/" + m.key] = m.value;

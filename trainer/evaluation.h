@@ -5,7 +5,7 @@
 
 #include <memory>
 
-#include "trainer/adain_gan.h"
+#include "trainer/gan_model.h"
 #include "trainer/trainer.h"
 
 namespace atelier::trainer {
@@ -24,7 +24,7 @@ class HeldOutEvaluation {
   // Every rank calls this after every step; at the due steps (multiples of
   // eval.every_steps, and `total`) all ranks evaluate together. Rank 0
   // passes its writers and logs the result; the others pass nullptr.
-  void after_step(int64_t step, int64_t total, AdaINGAN& gan, comm::Communicator& comm, MetricsLog* metrics,
+  void after_step(int64_t step, int64_t total, GanModel& gan, comm::Communicator& comm, MetricsLog* metrics,
                   EventWriter* events);
 
  private:

@@ -53,11 +53,10 @@ std::string encode_png(const torch::Tensor& image) {
   return std::string(png.begin(), png.end());
 }
 
-fs::path write_sample_grid(const fs::path& samples_dir, int64_t step, const torch::Tensor& content,
-                           const torch::Tensor& style, const torch::Tensor& stylised, EventWriter& events) {
-  // Rows: one (content, style, stylised) triple each, side by side.
-  auto rows = torch::cat({content, style, stylised}, /*dim=*/3);   // [B, 3, S, 3S]
-  auto grid = torch::cat(rows.unbind(0), /*dim=*/1);                // [3, B*S, 3S]
+fs::path write_sample_grid(const fs::path& samples_dir, int64_t step, const std::vector<torch::Tensor>& columns,
+                           const std::string& tag, EventWriter& events) {
+  auto rows = torch::cat(columns, /*dim=*/3);         // [B, 3, S, K*S]
+  auto grid = torch::cat(rows.unbind(0), /*dim=*/1);  // [3, B*S, K*S]
   const auto png = encode_png(grid);
   fs::create_directories(samples_dir);
   std::ostringstream name;
@@ -66,7 +65,7 @@ fs::path write_sample_grid(const fs::path& samples_dir, int64_t step, const torc
   std::ofstream out(path, std::ios::binary);
   out.write(png.data(), static_cast<std::streamsize>(png.size()));
   if (!out) throw TrainError("cannot write sample '" + path.string() + "'");
-  events.add_image("samples/content_style_stylised", png, static_cast<int>(grid.size(1)),
+  events.add_image(tag, png, static_cast<int>(grid.size(1)),
                    static_cast<int>(grid.size(2)), 3, step);
   return path;
 }

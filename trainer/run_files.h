@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace atelier::trainer {
 
@@ -27,12 +28,13 @@ class MetricsLog {
   std::ofstream out_;
 };
 
-// Writes a grid with one row per pair, columns content | style | stylised,
-// as samples/step-<N>.png and as a TensorBoard image. Tensors are
-// [B, 3, S, S] in [-1, 1]. Returns the PNG path.
+// Writes a grid with one row per pair and the given columns side by side
+// (e.g. content | style | stylised) as samples/step-<N>.png and as the
+// TensorBoard image `tag`. Tensors are [B, 3, S, S] in [-1, 1]. Returns the
+// PNG path.
 std::filesystem::path write_sample_grid(const std::filesystem::path& samples_dir, int64_t step,
-                                        const torch::Tensor& content, const torch::Tensor& style,
-                                        const torch::Tensor& stylised, EventWriter& events);
+                                        const std::vector<torch::Tensor>& columns, const std::string& tag,
+                                        EventWriter& events);
 
 // Encodes [3, H, W] in [-1, 1] as PNG bytes.
 std::string encode_png(const torch::Tensor& image);

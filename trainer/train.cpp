@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "checkpoint/checkpoint.h"
-#include "trainer/adain_gan.h"
+#include "trainer/gan_model.h"
 #include "trainer/checkpointing.h"
 #include "trainer/evaluation.h"
 #include "trainer/event_file.h"
@@ -102,8 +102,9 @@ std::pair<torch::Tensor, torch::Tensor> sample_inputs(const data::LoaderOptions&
 
 std::string format_losses(const StepLosses& l) {
   std::ostringstream out;
-  out << std::fixed << std::setprecision(4) << "D " << l.d << " G " << l.g << " (adv " << l.adv << " content "
-      << l.content << " style " << l.style << ")";
+  out << std::fixed << std::setprecision(4) << "D " << l.d << " G " << l.g << " (";
+  for (size_t i = 0; i < l.terms.size(); ++i) out << (i ? " " : "") << l.terms[i].first << " " << l.terms[i].second;
+  out << ")";
   return out.str();
 }
 
@@ -119,14 +120,18 @@ uint64_t rank_seed(uint64_t seed, int rank) {
 // Every rank logs and judges the same numbers: the losses averaged over ranks.
 StepLosses average_losses(comm::Communicator& comm, const StepLosses& l) {
   if (comm.world_size() == 1) return l;
-  auto t = torch::tensor({l.d, l.g, l.adv, l.content, l.style, l.tv}, torch::kDouble);
+  std::vector<double> values = {l.d, l.g};
+  for (const auto& term : l.terms) values.push_back(term.second);
+  auto t = torch::tensor(values, torch::kDouble);
   comm.all_reduce(t, comm::ReduceOp::Avg);
   const auto a = t.accessor<double, 1>();
-  return {a[0], a[1], a[2], a[3], a[4], a[5]};
+  StepLosses out{a[0], a[1], l.terms};
+  for (size_t i = 0; i < out.terms.size(); ++i) out.terms[i].second = a[static_cast<int64_t>(i) + 2];
+  return out;
 }
 
 // Replicas must be bit-identical; a checksum per rank shows which one is not.
-void verify_replicas(comm::Communicator& comm, AdaINGAN& gan, int64_t step) {
+void verify_replicas(comm::Communicator& comm, GanModel& gan, int64_t step) {
   const auto all = comm.all_gather(torch::tensor({static_cast<int64_t>(comm::checksum(gan.state_tensors()))}));
   for (int r = 1; r < comm.world_size(); ++r)
     if (all[r].item<int64_t>() != all[0].item<int64_t>())
@@ -145,11 +150,11 @@ struct RunWriters {
     progress.finished(step);
     const double wait = loader.wait_seconds() - waited;
     waited += wait;
-    const std::map<std::string, double> values = {
-        {"loss_d", losses.d}, {"loss_g", losses.g}, {"loss_adv", losses.adv}, {"loss_content", losses.content},
-        {"loss_style", losses.style}, {"loss_tv", losses.tv}, {"lr_g", config.optim.lr_g * lr},
+    std::map<std::string, double> values = {
+        {"loss_d", losses.d}, {"loss_g", losses.g}, {"lr_g", config.optim.lr_g * lr},
         {"lr_d", config.optim.lr_d * lr}, {"images_per_s", progress.images_per_second()},
         {"data_wait_s", wait}, {"skipped_files", static_cast<double>(loader.skipped_files())}};
+    for (const auto& [name, value] : losses.terms) values["loss_" + name] = value;
     metrics.write(step, values);
     progress.draw(format_losses(losses));
     if (!due(step, config.train.log_every, total)) return;
@@ -183,7 +188,7 @@ checkpoint::CoordinatorOptions coordinator_options(const Config& config) {
 
 // The checkpoint that ends a run (its last step, or a stop on a signal) must
 // be on disk before the job exits: a failure here fails the run.
-std::string final_checkpoint(checkpoint::CheckpointCoordinator& coordinator, Run& run, AdaINGAN& gan,
+std::string final_checkpoint(checkpoint::CheckpointCoordinator& coordinator, Run& run, GanModel& gan,
                              const RunPosition& position, double lr) {
   coordinator.save(checkpoint_request(gan, position, run.comm->world_size(), run.text, lr), /*required=*/true);
   const auto outcome = coordinator.finish();
@@ -193,7 +198,7 @@ std::string final_checkpoint(checkpoint::CheckpointCoordinator& coordinator, Run
   return outcome->path.string();
 }
 
-void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, const RunPosition& start,
+void run_steps(Run& run, GanModel& gan, const data::LoaderOptions& loader_opts, const RunPosition& start,
                TrainResult& result) {
   const auto& config = run.config;
   const int64_t total = config.train.steps;
@@ -230,8 +235,8 @@ void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, 
     if (leader) {
       writers->record(step, total, losses, config, lr, *loader, *run.log);
       if (due(step, config.train.sample_every, total))
-        write_sample_grid(run.dir / "samples", step, sample_content, sample_style,
-                          gan.stylize(sample_content, sample_style), writers->events);
+        write_sample_grid(run.dir / "samples", step, gan.sample_columns(sample_content, sample_style),
+                          gan.sample_tag(), writers->events);
     }
     evaluation.after_step(step, total, gan, *run.comm, writers ? &writers->metrics : nullptr,
                           writers ? &writers->events : nullptr);
@@ -251,7 +256,6 @@ void run_steps(Run& run, AdaINGAN& gan, const data::LoaderOptions& loader_opts, 
 }
 
 void check_sources(const Config& config) {
-  if (config.model.family != "adain") throw TrainError("model.family '" + config.model.family + "' is not built");
   if (config.data.source != "folder") return;  // the servers hold the images
   if (config.data.content.empty()) throw TrainError("data.content is empty: set it to folders or files of images");
   if (config.data.style.empty()) throw TrainError("data.style is empty: set it to folders or files of images");
@@ -281,8 +285,9 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   torch::set_num_threads(static_cast<int>(config.train.threads));
   torch::manual_seed(config.train.seed);
   const auto loader_opts = loader_options(config, *run.comm);
-  AdaINGAN gan(config, run.comm);
-  if (leader && !gan.generator->encoder->pretrained())
+  const auto model = make_model(config, run.comm);
+  GanModel& gan = *model;
+  if (leader && gan.adain_generator() && !(*gan.adain_generator())->encoder->pretrained())
     spdlog::warn("model.vgg_weights is not set: using a fixed random VGG (seed {}) as encoder and loss network",
                  config.model.generator.encoder.random_seed);
   // Per-rank randomness draws from (seed, rank); a resume restores each

@@ -1,4 +1,5 @@
-// trainer/ — the training loop: configuration structs, the AdaIN-GAN step,
+// trainer/ — the training loop: configuration structs, the AdaIN-GAN and
+// CycleGAN steps,
 // metrics, TensorBoard, samples and checkpoints of a run directory.
 #pragma once
 
@@ -25,9 +26,11 @@ struct RunOptions {
 };
 
 struct ModelConfig {
-  std::string family = "adain";                // the model trained (adain)
-  models::GeneratorOptions generator;          // encoder + decoder
-  models::DiscriminatorOptions discriminator;  // PatchGAN
+  std::string family = "adain";                // the model trained: adain | cyclegan
+  models::GeneratorOptions generator;          // adain: encoder + decoder
+  models::DiscriminatorOptions discriminator;  // PatchGAN (cyclegan: both of them)
+  models::ResnetGeneratorOptions resnet;       // cyclegan: both generators
+  int64_t pool_size = 50;                      // cyclegan: history pool per discriminator (per rank)
 };
 
 struct DataConfig {
@@ -48,6 +51,8 @@ struct LossConfig {
   double content_weight = 1.0;      // lambda_c
   double style_weight = 10.0;       // lambda_s
   double tv_weight = 0.0;           // lambda_tv
+  double cycle_weight = 10.0;       // cyclegan: lambda of the cycle loss, both directions
+  double identity_weight = 0.5;     // cyclegan: identity loss weight, as a fraction of cycle_weight
 };
 
 enum class Schedule { Constant, Linear };

@@ -1,4 +1,4 @@
-// A tiny trained AdaIN-GAN run (width 4, 32 px crops, 2 steps) in a
+// A tiny trained AdaIN-GAN (or CycleGAN) run (width 4, 32 px crops, 2 steps) in a
 // temporary directory, for the tests of commands that use a checkpoint.
 #pragma once
 
@@ -30,7 +30,8 @@ inline void write_pattern_image(const std::filesystem::path& path, int width, in
 
 class TinyCheckpoint {
  public:
-  TinyCheckpoint() {
+  // family "cyclegan": ResNet generators of width 4 with one block.
+  explicit TinyCheckpoint(const std::string& family = "adain") {
     root = std::filesystem::temp_directory_path() / ("atelier-ckpt-" + std::to_string(std::random_device{}()));
     for (int i = 0; i < 3; ++i) write_pattern_image(root / "content" / ("c" + std::to_string(i) + ".png"), 48, 40, i);
     for (int i = 0; i < 2; ++i) write_pattern_image(root / "style" / ("s" + std::to_string(i) + ".png"), 40, 40, 10 + i);
@@ -48,6 +49,11 @@ class TinyCheckpoint {
     config.train.sample_every = 2;
     config.train.sample_count = 1;
     config.checkpoint.every_steps = 2;
+    if (family == "cyclegan") {
+      config.model.family = family;
+      config.model.resnet = {4, 1};
+      config.loss.adversarial = models::Adversarial::LSGAN;
+    }
     trainer::train(config, dump_config(config), /*resume=*/false);
     run_dir = root / "runs" / "tiny";
   }

@@ -54,4 +54,39 @@ inline std::map<std::string, torch::Tensor> checkpoint_parameters(const std::fil
   return checkpoint_parameters(ckpt, go, dopt);
 }
 
+// Every parameter of a CycleGAN checkpoint's four networks, named
+// "G_A.<name>", "G_B.<name>", "D_A.<name>", "D_B.<name>", for networks built
+// with these options.
+inline std::map<std::string, torch::Tensor> cyclegan_parameters(const std::filesystem::path& ckpt,
+                                                                const models::ResnetGeneratorOptions& go,
+                                                                const models::DiscriminatorOptions& dopt) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& [net, file] : {std::pair<std::string, std::string>{"G_A", "generator_a.pt"}, {"G_B", "generator_b.pt"}}) {
+    models::ResnetGenerator g(go);
+    torch::load(g, (ckpt / file).string());
+    for (const auto& p : g->named_parameters()) out[net + "." + p.key()] = p.value();
+  }
+  for (const auto& [net, file] :
+       {std::pair<std::string, std::string>{"D_A", "discriminator_a.pt"}, {"D_B", "discriminator_b.pt"}}) {
+    models::PatchDiscriminator d(dopt);
+    torch::load(d, (ckpt / file).string());
+    for (const auto& p : d->named_parameters()) out[net + "." + p.key()] = p.value();
+  }
+  return out;
+}
+
+// Whether a CycleGAN parameter is the bias of a generator conv that feeds a
+// (non-affine) instance norm: the norm subtracts it right back out, so its
+// exact gradient is zero and Adam turns float rounding into lr-sized steps of
+// either sign. Such biases never change an output; comparisons across
+// differently-rounded runs leave them out. The last conv (before tanh) is
+// the only generator conv without a norm after it.
+inline bool cancelled_by_norm(const std::string& name, const models::ResnetGeneratorOptions& go) {
+  if (name.rfind("G_", 0) != 0 || name.size() < 5 || name.compare(name.size() - 5, 5, ".bias") != 0) return false;
+  // c7s1 (pad, conv, norm, ReLU), 2 downsamplings and 2 upsamplings (conv, norm,
+  // ReLU each), the blocks, then pad, conv, tanh.
+  const int64_t last_conv = 4 + 6 + go.blocks + 6 + 1;
+  return name != name.substr(0, 4) + "model." + std::to_string(last_conv) + ".bias";
+}
+
 }  // namespace atelier::testing_support

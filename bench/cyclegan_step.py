@@ -1,0 +1,115 @@
+#!/usr/bin/python3
+"""Python reference of atelier's CycleGAN training step (bench baseline).
+
+The step of the CycleGAN reference implementation (models/cycle_gan_model.py
+of junyanz/pytorch-CycleGAN-and-pix2pix, optimize_parameters) with the
+networks of python/atelier_models.py, which mirror models/ layer for layer:
+G update (LSGAN, cycle L1 x 10, identity L1 x 5, D frozen), then D_A and
+D_B on images from 50-image pools, Adam 2e-4 (0.5, 0.999), on random images.
+Run by bench/compare_step.sh with Debian's python3-torch, which runs the
+same LibTorch kernels as the C++ build. Prints one line:
+"python median_ms=<ms> steps=<n>".
+"""
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+import atelier_models  # noqa: E402
+
+
+class ImagePool:
+    """The reference's ImagePool."""
+
+    def __init__(self, size):
+        self.size, self.images = size, []
+
+    def query(self, images):
+        out = []
+        for image in images:
+            image = image.detach().unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image)
+                out.append(image)
+            elif random.uniform(0, 1) > 0.5:
+                i = random.randint(0, self.size - 1)
+                out.append(self.images[i].clone())
+                self.images[i] = image
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+
+def lsgan(logits, real):
+    return F.mse_loss(logits, torch.full_like(logits, 1.0 if real else 0.0))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--blocks", type=int, default=6)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    random.seed(0)
+    g_a, g_b = atelier_models.ResnetGenerator(a.width, a.blocks), atelier_models.ResnetGenerator(a.width, a.blocks)
+    d_a, d_b = atelier_models.PatchDiscriminator(a.width), atelier_models.PatchDiscriminator(a.width)
+    opt_g = torch.optim.Adam(list(g_a.parameters()) + list(g_b.parameters()), 2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(list(d_a.parameters()) + list(d_b.parameters()), 2e-4, betas=(0.5, 0.999))
+    pool_a, pool_b = ImagePool(50), ImagePool(50)
+    real_a = torch.rand(a.batch, 3, a.size, a.size) * 2 - 1
+    real_b = torch.rand(a.batch, 3, a.size, a.size) * 2 - 1
+    lam, lam_idt = 10.0, 5.0
+
+    def set_requires_grad(nets, on):
+        for net in nets:
+            for p in net.parameters():
+                p.requires_grad = on
+
+    def step():
+        fake_b = g_a(real_a)
+        rec_a = g_b(fake_b)
+        fake_a = g_b(real_b)
+        rec_b = g_a(fake_a)
+        set_requires_grad([d_a, d_b], False)
+        opt_g.zero_grad()
+        idt_a = F.l1_loss(g_a(real_b), real_b) * lam_idt
+        idt_b = F.l1_loss(g_b(real_a), real_a) * lam_idt
+        loss_g = (lsgan(d_a(fake_b), True) + lsgan(d_b(fake_a), True) + F.l1_loss(rec_a, real_a) * lam +
+                  F.l1_loss(rec_b, real_b) * lam + idt_a + idt_b)
+        loss_g.backward()
+        opt_g.step()
+        set_requires_grad([d_a, d_b], True)
+        opt_d.zero_grad()
+        pooled_b = pool_b.query(fake_b)
+        loss_d_a = 0.5 * (lsgan(d_a(real_b), True) + lsgan(d_a(pooled_b.detach()), False))
+        loss_d_a.backward()
+        pooled_a = pool_a.query(fake_a)
+        loss_d_b = 0.5 * (lsgan(d_b(real_a), True) + lsgan(d_b(pooled_a.detach()), False))
+        loss_d_b.backward()
+        opt_d.step()
+        return loss_g.item() + loss_d_a.item() + loss_d_b.item()
+
+    for _ in range(a.warmup):
+        step()
+    times = []
+    for _ in range(a.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1000)
+    print(f"python median_ms={statistics.median(times):.3f} steps={a.steps}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+// The CycleGAN training step and its state: two ResNet generators, two
+// PatchGANs, their history pools and the two Adam optimisers, as the
+// reference implementation (Zhu et al. 2017) trains them. Private to trainer/.
+//
+// Domain A is the content images, domain B the style images. Names follow
+// the reference: G_A: A -> B, G_B: B -> A, D_A judges domain B (real B
+// against G_A(A)), D_B judges domain A.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+
+#include "trainer/gan_model.h"
+
+namespace atelier::trainer {
+
+class CycleGAN : public GanModel {
+ public:
+  explicit CycleGAN(const Config& config, std::shared_ptr<comm::Communicator> comm = nullptr);
+
+  void sync_replicas() override;
+  std::vector<torch::Tensor> state_tensors() override;
+
+  // One generator update (LSGAN or the configured adversarial loss, cycle
+  // L1 x lambda, identity L1 x lambda x identity_weight), then one update of
+  // both discriminators on pooled fakes, each loss halved. Terms (unweighted):
+  // d_a, d_b, adv_a, adv_b, cycle_a, cycle_b, idt_a, idt_b.
+  StepLosses step(const torch::Tensor& real_a, const torch::Tensor& real_b, double lr_scale) override;
+
+  // A | G_A(A) | G_B(G_A(A)) | B | G_B(B) | G_A(G_B(B))
+  std::vector<torch::Tensor> sample_columns(const torch::Tensor& real_a, const torch::Tensor& real_b) override;
+  std::string sample_tag() const override { return "samples/a_fakeB_recA_b_fakeA_recB"; }
+
+  // generator_a.pt, generator_b.pt, discriminator_a.pt, discriminator_b.pt,
+  // optimizer_g.pt, optimizer_d.pt; each rank's pools as pools.pt.
+  std::vector<checkpoint::StateFile> snapshot() override;
+  std::vector<checkpoint::StateFile> snapshot_own() override;
+  void load(const std::filesystem::path& dir, const std::filesystem::path& rank_dir) override;
+
+  models::ResnetGenerator g_a{nullptr};
+  models::ResnetGenerator g_b{nullptr};
+  models::PatchDiscriminator d_a{nullptr};
+  models::PatchDiscriminator d_b{nullptr};
+  models::ImagePool pool_a;  // generated A images (G_B's), which D_B learns from
+  models::ImagePool pool_b;  // generated B images (G_A's), which D_A learns from
+
+ private:
+  std::vector<torch::Tensor> generator_parameters() const;
+  std::vector<torch::Tensor> discriminator_parameters() const;
+  void discriminators_require_grad(bool on);
+
+  Config config_;
+  std::shared_ptr<comm::Communicator> comm_;
+  std::unique_ptr<torch::optim::Adam> optimizer_g_;  // G_A and G_B together
+  std::unique_ptr<torch::optim::Adam> optimizer_d_;  // D_A and D_B together
+  std::unique_ptr<comm::GradientReducer> reducer_g_;  // null in a world of one
+  std::unique_ptr<comm::GradientReducer> reducer_d_;
+};
+
+}  // namespace atelier::trainer

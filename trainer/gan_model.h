@@ -1,0 +1,74 @@
+// What the training loop needs of a model family (AdaIN-GAN, CycleGAN): a
+// step, replicas to keep equal, sample images, and checkpoint state.
+// Private to trainer/.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "checkpoint/checkpoint.h"
+#include "trainer/trainer.h"
+
+namespace atelier::trainer {
+
+// The losses of one step, averaged over the batch.
+struct StepLosses {
+  double d = 0;  // discriminator loss (the sum over discriminators)
+  double g = 0;  // total generator loss (weighted sum of the terms)
+  // Every unweighted term, in display order: logged as loss_<name>.
+  std::vector<std::pair<std::string, double>> terms;
+};
+
+class GanModel {
+ public:
+  virtual ~GanModel() = default;
+
+  // Rank 0's parameters and buffers on every rank, so replicas start equal.
+  virtual void sync_replicas() = 0;
+  // Every parameter and buffer that replicas must agree on.
+  virtual std::vector<torch::Tensor> state_tensors() = 0;
+
+  // One update of every network at learning rates scaled by `lr_scale`;
+  // `content` and `style` are this rank's batches (CycleGAN: domains A, B).
+  virtual StepLosses step(const torch::Tensor& content, const torch::Tensor& style, double lr_scale) = 0;
+
+  // The columns of a sample grid for these pairs, without gradients, and
+  // the TensorBoard tag that names them (e.g. content | style | stylised).
+  virtual std::vector<torch::Tensor> sample_columns(const torch::Tensor& content, const torch::Tensor& style) = 0;
+  virtual std::string sample_tag() const = 0;
+
+  // Checkpoint state serialised in memory: `shared` is replicated (written
+  // once, by rank 0), `own` is this rank's alone (under rank-<r>/).
+  virtual std::vector<checkpoint::StateFile> snapshot() = 0;
+  virtual std::vector<checkpoint::StateFile> snapshot_own() { return {}; }
+  // Reads them back: `dir` the checkpoint, `rank_dir` this rank's part.
+  virtual void load(const std::filesystem::path& dir, const std::filesystem::path& rank_dir) = 0;
+
+  // The AdaIN generator, for what only that family has (evaluation); null otherwise.
+  virtual models::AdaINGenerator* adain_generator() { return nullptr; }
+};
+
+// The configured family's model; weights come from the global torch RNG,
+// which the caller seeds. With more than one rank, gradients are averaged
+// in every step (one GradientReducer per optimiser).
+std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm::Communicator> comm);
+
+// Sets Adam's learning rate of every group to `lr`.
+void set_adam_lr(torch::optim::Adam& optimizer, double lr);
+
+// Adam with the configured betas.
+torch::optim::AdamOptions adam_options(double lr, const OptimConfig& optim);
+
+// Serialises a module or optimiser as torch::save would write it to a file.
+template <typename T>
+checkpoint::StateFile serialised(const std::string& name, const T& value) {
+  std::ostringstream bytes;
+  torch::save(value, bytes);
+  return {name, bytes.str()};
+}
+
+}  // namespace atelier::trainer
