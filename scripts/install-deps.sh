@@ -13,6 +13,7 @@ packages=(
   libssl-dev                        # HMAC-SHA256 of the loader service handshake
   libgtest-dev
   opencv-doc                        # the demo's embedded photographs and paintings
+  chromium                          # headless: the explain report test renders report.html
   python3-torch python3-torchvision # reference for weight import tests and benchmarks
   slurm-wlm munge                   # the real one-node SLURM of the cluster tests (cluster/local/)
 )

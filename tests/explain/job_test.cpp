@@ -1,12 +1,14 @@
 // The explainer job end to end on a tiny checkpoint: every method runs,
 // summary.json holds the numbers, the report links every picture, a split
 // across ranks gives the same summary as one process, and bad inputs give
-// errors naming the bad thing.
+// errors naming the bad thing; the report renders in headless Chromium.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <random>
 #include <regex>
@@ -127,6 +129,55 @@ TEST_F(TinyCheckpoint, PairsSplitAcrossRanksGiveTheSameSummaryAsOneProcess) {
   write_report(rank, all);
   const auto split = json::parse(read(rank.out / "summary.json"));
   EXPECT_EQ(split["pairs"], single["pairs"]);
+}
+
+// Headless Chromium (Debian's `chromium`, installed by make test) on a page:
+// its exit status and stdout.
+std::pair<int, std::string> chromium(const std::string& args, const fs::path& page) {
+  const std::string cmd = "chromium --headless --no-sandbox --disable-gpu " + args + " 'file://" + page.string() +
+                          "' 2>/dev/null";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (fgets(buf, sizeof buf, pipe)) out += buf;
+  return {WEXITSTATUS(pclose(pipe)), out};
+}
+
+// A copy of `page` beside it whose load handler writes, onto <body>, how many
+// images the page has and which of them the browser could not decode.
+fs::path with_image_probe(const fs::path& page) {
+  const fs::path probe = page.parent_path() / ("probe-" + page.filename().string());
+  std::string html = read(page);
+  const std::string script =
+      "<script>addEventListener('load',()=>{const i=[...document.images];"
+      "document.body.dataset.images=i.length;document.body.dataset.broken=JSON.stringify("
+      "i.filter(m=>!(m.complete&&m.naturalWidth>0)).map(m=>m.getAttribute('src')));});</script>";
+  const auto end = html.rfind("</body>");
+  html.insert(end == std::string::npos ? html.size() : end, script);
+  std::ofstream(probe) << html;
+  return probe;
+}
+
+TEST_F(TinyCheckpoint, ReportPagesRenderInHeadlessChromiumWithEveryImage) {
+  options.methods = {"saliency", "gradcam", "features"};
+  explain_checkpoint(options);
+  for (const auto* name : {"report.html", "pair-0.html"}) {
+    const auto page = options.out / name;
+    const auto [status, dom] = chromium("--dump-dom", with_image_probe(page));
+    ASSERT_EQ(status, 0) << name;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(dom, m, std::regex("data-images=\"(\\d+)\""))) << name << ": " << dom.substr(0, 300);
+    EXPECT_GT(std::stoi(m[1]), 2) << name;
+    EXPECT_NE(dom.find("data-broken=\"[]\""), std::string::npos) << name << " has images the browser cannot show";
+
+    const auto shot = root / (std::string(name) + ".png");
+    ASSERT_EQ(chromium("--window-size=1000,800 --screenshot=" + shot.string(), page).first, 0) << name;
+    const cv::Mat pixels = cv::imread(shot.string(), cv::IMREAD_GRAYSCALE);
+    ASSERT_FALSE(pixels.empty()) << "no screenshot of " << name;
+    cv::Scalar mean, stddev;
+    cv::meanStdDev(pixels, mean, stddev);
+    EXPECT_GT(stddev[0], 10.0) << name << " renders (nearly) blank";
+  }
 }
 
 std::string error_of(const ExplainOptions& options) {

@@ -110,6 +110,18 @@ TEST_F(CycleGANCommands, StyleImagesAndBadDirectionsAreUsageErrors) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+// The explainer is for AdaIN-GAN (it attributes to a content and a style
+// input); a CycleGAN checkpoint is refused by name, before anything is written.
+TEST_F(CycleGANCommands, ExplainRefusesTheFamilyByName) {
+  const auto input = (tiny->root / "content" / "c0.png").string();
+  const auto out = tiny->root / "explain";
+  const auto ran = run_atelier("explain --checkpoint " + tiny->run_dir.string() + " --content " + input +
+                               " --style " + input + " --out " + out.string());
+  EXPECT_NE(ran.status, 0) << ran.output;
+  EXPECT_NE(ran.output.find("model.family 'cyclegan'"), std::string::npos) << ran.output;
+  EXPECT_FALSE(fs::exists(out / "report.html"));
+}
+
 TEST_F(CycleGANCommands, ExportLoadsStrictlyInPythonAndComputesTheSameImages) {
   const auto g_pt = tiny->root / "export" / "g_b2a.pt";
   const auto ran =
