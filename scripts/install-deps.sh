@@ -15,6 +15,7 @@ packages=(
   opencv-doc                        # the demo's embedded photographs and paintings
   python3-torch python3-torchvision # reference for weight import tests and benchmarks
   slurm-wlm munge                   # the real one-node SLURM of the cluster tests (cluster/local/)
+  iproute2                          # ip netns: the two hosts on one machine of cluster/local/netns.sh
 )
 
 missing=()
