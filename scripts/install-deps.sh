@@ -16,6 +16,7 @@ packages=(
   chromium                          # headless: the explain report test renders report.html
   python3-torch python3-torchvision # reference for weight import tests and benchmarks
   slurm-wlm munge                   # the real one-node SLURM of the cluster tests (cluster/local/)
+  iproute2                          # ip netns: the two hosts on one machine of cluster/local/netns.sh
 )
 
 missing=()

@@ -4,19 +4,15 @@
 // data.source: folder run trains on (same losses at every step).
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
 #include <vector>
 
+#include "../support/child_process.h"
 #include "../support/pattern_images.h"
 #include "run_atelier.h"
 
@@ -24,84 +20,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using atelier::launcher::run_atelier;
-
-// `atelier serve-data ...` as a child process; its output is drained by a
-// thread so that logging can never block it.
-class ServeData {
- public:
-  explicit ServeData(const std::vector<std::string>& args) {
-    int fds[2];
-    EXPECT_EQ(::pipe(fds), 0);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(fds[1], 1);
-      ::dup2(fds[1], 2);
-      ::close(fds[0]);
-      ::close(fds[1]);
-      std::vector<char*> argv;
-      argv.push_back(const_cast<char*>(ATELIER_BINARY));
-      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      ::execv(ATELIER_BINARY, argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    out_ = fds[0];
-    reader_ = std::thread([this] {
-      char buffer[4096];
-      for (;;) {
-        const ssize_t got = ::read(out_, buffer, sizeof buffer);
-        if (got <= 0) break;
-        std::lock_guard<std::mutex> lock(mutex_);
-        output_.append(buffer, static_cast<size_t>(got));
-        cv_.notify_all();
-      }
-      std::lock_guard<std::mutex> lock(mutex_);
-      ended_ = true;
-      cv_.notify_all();
-    });
-  }
-  ~ServeData() {
-    if (pid_ > 0 && !waited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    if (reader_.joinable()) reader_.join();
-    ::close(out_);
-  }
-  // The port from the "serving ... on host:port" line (0 if the process ended first).
-  int port() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    cv_.wait(lock, [&] { return ended_ || output_.find('\n', output_.find("serving ")) != std::string::npos; });
-    const auto line = output_.find("serving ");
-    if (line == std::string::npos) return 0;
-    const auto end = output_.find('\n', line);
-    const auto colon = output_.rfind(':', end);
-    return std::stoi(output_.substr(colon + 1, end - colon - 1));
-  }
-  // Sends SIGTERM and returns the exit code.
-  int terminate() {
-    ::kill(pid_, SIGTERM);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    waited_ = true;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-  std::string output() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return output_;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  bool waited_ = false;
-  std::thread reader_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::string output_;
-  bool ended_ = false;
-};
+using atelier::testing_support::ChildProcess;
 
 std::vector<nlohmann::json> metrics(const fs::path& run) {
   std::vector<nlohmann::json> lines;
@@ -127,10 +46,10 @@ TEST(ServeDataCommand, TrainingFromTheServiceMatchesTrainingFromTheFolder) {
                                  (root / "shards/content").string());
   EXPECT_NE(again.output.find("unchanged: 5 images"), std::string::npos) << again.output;
 
-  ServeData server({"serve-data", "--content", (root / "shards/content").string(), "--style",
+  ChildProcess server({ATELIER_BINARY, "serve-data", "--content", (root / "shards/content").string(), "--style",
                     (root / "shards/style").string(), "--host", "127.0.0.1", "--port", "0", "--token-file",
                     (root / "job.token").string(), "--workers", "2"});
-  const int port = server.port();
+  const int port = atelier::testing_support::serve_data_port(server);
   ASSERT_GT(port, 0) << server.output();
 
   const std::string common = " --set run.dir=" + (root / "runs").string() +
