@@ -79,19 +79,19 @@ class Slurm : public ::testing::Test {
   }
 
   static fs::path run_dir(const std::string& name) { return root / "runs" / name; }
-  static std::string train_args(const std::string& name, int checkpoint_every) {
+  static std::string train_args(const std::string& name, int checkpoint_every, int steps = kSteps) {
     // info: the tests read what --auto-resume decided from the job's log.
-    return testing_support::tiny_train_args(root, name, kSteps, 1, checkpoint_every) + " --set run.log_level=info";
+    return testing_support::tiny_train_args(root, name, steps, 1, checkpoint_every) + " --set run.log_level=info";
   }
   static std::string job_log(const fs::path& run, const std::string& id) {
     return read_text(run / "slurm" / ("job-" + id + ".out"));
   }
 
   // `atelier submit` of a 2-rank CPU job on the local profile; the job id.
-  std::string submit(const std::string& name, int checkpoint_every) {
+  std::string submit(const std::string& name, int checkpoint_every, int steps = kSteps) {
     const auto r = run_command(std::string(ATELIER_BINARY) +
                                " submit --profile local --ntasks-per-node 2 --time 10:00 --grace 30" +
-                               train_args(name, checkpoint_every));
+                               train_args(name, checkpoint_every, steps));
     EXPECT_EQ(r.status, 0) << r.output;
     const auto last_line = r.output.substr(r.output.rfind('\n', r.output.size() - 2) + 1);
     const auto id = last_line.substr(0, last_line.find('\n'));
@@ -123,11 +123,12 @@ class Slurm : public ::testing::Test {
     return reached;
   }
 
-  static std::map<std::string, torch::Tensor> reference(int checkpoint_every) {
-    const std::string name = "reference-" + std::to_string(checkpoint_every);
-    const auto r = run_command(comm::testing::mpirun(2) + ATELIER_BINARY + " train" + train_args(name, checkpoint_every));
+  static std::map<std::string, torch::Tensor> reference(int checkpoint_every, int steps = kSteps) {
+    const std::string name = "reference-" + std::to_string(checkpoint_every) + "-" + std::to_string(steps);
+    const auto r =
+        run_command(comm::testing::mpirun(2) + ATELIER_BINARY + " train" + train_args(name, checkpoint_every, steps));
     EXPECT_EQ(r.status, 0) << r.output;
-    return testing_support::checkpoint_parameters(run_dir(name) / "checkpoints" / ("step-" + std::to_string(kSteps)));
+    return testing_support::checkpoint_parameters(run_dir(name) / "checkpoints" / ("step-" + std::to_string(steps)));
   }
 
   static void expect_identical(const std::map<std::string, torch::Tensor>& expected, const fs::path& ckpt) {
@@ -169,9 +170,12 @@ TEST_F(Slurm, SubmittedTwoRankJobCompletesAndStatusShowsIt) {
 // The two ways a preemption signal arrives: `scancel --signal=USR1` straight
 // to the ranks, and `scancel -b --signal=USR1` to the batch shell (what
 // --signal=B:USR1@grace does before the time limit), which passes it on.
+// The tiny model trains ~150 steps/s on an idle machine: enough steps that
+// each start is still running when its signal has travelled through SLURM.
 TEST_F(Slurm, PreemptedJobCheckpointsRequeuesResumesAndEndsBitIdentical) {
-  const auto expected = reference(1000);
-  const auto id = submit("preempted", 1000);
+  constexpr int kPreemptSteps = 400;
+  const auto expected = reference(1000, kPreemptSteps);
+  const auto id = submit("preempted", 1000, kPreemptSteps);
   const auto run = run_dir("preempted");
   int steps_before = 0;  // metrics lines when the job last stopped
   for (const auto& [restart, scancel] : std::vector<std::pair<int, std::string>>{
@@ -186,7 +190,7 @@ TEST_F(Slurm, PreemptedJobCheckpointsRequeuesResumesAndEndsBitIdentical) {
     })) << job_log(run, id);
     ASSERT_EQ(job_fields(id).at("Restarts"), std::to_string(restart)) << job_log(run, id);
     steps_before = lines_in(run / "metrics.jsonl");
-    ASSERT_LT(steps_before, kSteps) << "the job finished before the signal reached it\n" << job_log(run, id);
+    ASSERT_LT(steps_before, kPreemptSteps) << "the job finished before the signal reached it\n" << job_log(run, id);
   }
   ASSERT_TRUE(wait_until(id, [](const auto& f) { return finished(f.at("JobState")); })) << job_log(run, id);
   const auto log = job_log(run, id);
@@ -195,16 +199,17 @@ TEST_F(Slurm, PreemptedJobCheckpointsRequeuesResumesAndEndsBitIdentical) {
   EXPECT_NE(log.find("atelier: requeued (restart 1 of at most 3)"), std::string::npos) << log;
   EXPECT_NE(log.find("atelier: requeued (restart 2 of at most 3)"), std::string::npos) << log;
   EXPECT_EQ(count(log, "--auto-resume: resuming from"), 2u) << log;
-  EXPECT_EQ(lines_in(run / "metrics.jsonl"), kSteps) << "every step logged once, across three starts";
-  expect_identical(expected, run / "checkpoints" / ("step-" + std::to_string(kSteps)));
+  EXPECT_EQ(lines_in(run / "metrics.jsonl"), kPreemptSteps) << "every step logged once, across three starts";
+  expect_identical(expected, run / "checkpoints" / ("step-" + std::to_string(kPreemptSteps)));
 }
 
 // scancel: SIGTERM to every rank (SIGKILL after KillWait). The job stops
 // and is not requeued; submitted again, it continues from the newest
 // complete checkpoint.
 TEST_F(Slurm, CancelledJobResumesFromItsLastCheckpointWhenSubmittedAgain) {
-  const auto expected = reference(3);
-  const auto first = submit("cancelled", 3);
+  constexpr int kCancelSteps = 200;  // still running when scancel's signal arrives
+  const auto expected = reference(3, kCancelSteps);
+  const auto first = submit("cancelled", 3, kCancelSteps);
   const auto run = run_dir("cancelled");
   ASSERT_TRUE(wait_for_steps(first, run, 10)) << job_log(run, first);
   ASSERT_EQ(run_command("scancel " + first).status, 0);
@@ -213,15 +218,15 @@ TEST_F(Slurm, CancelledJobResumesFromItsLastCheckpointWhenSubmittedAgain) {
   EXPECT_EQ(job_fields(first).at("Restarts"), "0") << "a cancelled job must not requeue itself\n" << job_log(run, first);
   const auto stopped_at = checkpoint::latest(run / "checkpoints");
   ASSERT_TRUE(stopped_at.has_value()) << job_log(run, first);
-  ASSERT_LT(checkpoint::read_manifest(*stopped_at).step, kSteps) << "the job finished before scancel";
+  ASSERT_LT(checkpoint::read_manifest(*stopped_at).step, kCancelSteps) << "the job finished before scancel";
 
-  const auto second = submit("cancelled", 3);
+  const auto second = submit("cancelled", 3, kCancelSteps);
   ASSERT_NE(second, first);
   ASSERT_TRUE(wait_until(second, [](const auto& f) { return finished(f.at("JobState")); })) << job_log(run, second);
   const auto log = job_log(run, second);
   ASSERT_EQ(job_fields(second).at("JobState"), "COMPLETED") << log;
   EXPECT_NE(log.find("--auto-resume: resuming from " + stopped_at->string()), std::string::npos) << log;
-  expect_identical(expected, run / "checkpoints" / ("step-" + std::to_string(kSteps)));
+  expect_identical(expected, run / "checkpoints" / ("step-" + std::to_string(kCancelSteps)));
 }
 
 TEST_F(Slurm, BadConfigIsRefusedBeforeAnythingReachesSbatch) {

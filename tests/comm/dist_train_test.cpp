@@ -47,8 +47,9 @@ class DistTrain : public ::testing::Test {
 };
 
 // Three steps: Adam turns float rounding on gradients that are ~0 into
-// lr-sized steps of either sign, so element-wise agreement is a fair test
-// only while the trajectories have had few steps to drift apart.
+// lr-sized steps of either sign (which elements, depends on the CPU's
+// kernels), so element-wise agreement is a fair test only while the
+// trajectories have had few steps to drift apart.
 constexpr int kSteps = 3;
 
 // Replicas are compared bit for bit after every step by the trainer itself
@@ -64,8 +65,19 @@ TEST_F(DistTrain, TwoRanksOfBatchBMatchOneRankOfBatch2B) {
   const auto expected = parameters(root / "runs" / "one" / "checkpoints" / ("step-" + std::to_string(kSteps)));
   const auto actual = parameters(root / "runs" / "two" / "checkpoints" / ("step-" + std::to_string(kSteps)));
   ASSERT_EQ(expected.size(), actual.size());
-  for (const auto& [name, value] : expected)
-    EXPECT_LT((value - actual.at(name)).abs().max().item<double>(), 1e-5) << name;
+  // Nearly every element agrees to float rounding; the few that do not are
+  // elements whose true gradient is ~0, where Adam turns rounding of either
+  // sign into steps of up to lr (2e-4) each. A reducer that dropped a rank's
+  // gradient, or mixed up buckets, moves a large share of elements by ~lr.
+  int64_t elements = 0, apart = 0;
+  for (const auto& [name, value] : expected) {
+    const auto diff = (value - actual.at(name)).abs();
+    EXPECT_LT(diff.max().item<double>(), 2 * kSteps * 2e-4) << name;
+    elements += diff.numel();
+    apart += (diff > 1e-6).sum().item<int64_t>();
+  }
+  EXPECT_LT(static_cast<double>(apart) / static_cast<double>(elements), 0.01)
+      << apart << " of " << elements << " parameters differ by more than 1e-6";
   EXPECT_EQ(manifest(root / "runs" / "two" / "checkpoints" / ("step-" + std::to_string(kSteps)))["world_size"], 2);
   EXPECT_EQ(manifest(root / "runs" / "one" / "checkpoints" / ("step-" + std::to_string(kSteps)))["world_size"], 1);
 
