@@ -2,6 +2,7 @@
 // --direction`, and `export` into python/atelier_models.ResnetGenerator.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -52,6 +53,22 @@ TEST(CycleGANConfig, EvaluationDuringTrainingIsRefusedByName) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("eval.every_steps"), std::string::npos) << e.what();
   }
+}
+
+// The shipped configs/cyclegan.yaml as a user runs it, shortened to 2 steps:
+// it trains, samples and checkpoints all four networks and both pools.
+TEST(CycleGANConfig, ShippedConfigTrains) {
+  const auto dir = fs::temp_directory_path() / ("atelier-cyclegan-yaml-" + std::to_string(::getpid()));
+  const auto ran = run_atelier("train --config " + std::string(ATELIER_SOURCE_DIR) +
+                               "/configs/cyclegan.yaml --set train.steps=2 --set train.sample_every=2 --set run.dir=" +
+                               dir.string());
+  ASSERT_EQ(ran.status, 0) << ran.output;
+  const auto ckpt = dir / "cyclegan" / "checkpoints" / "step-2";
+  for (const auto* file : {"generator_a.pt", "generator_b.pt", "discriminator_a.pt", "discriminator_b.pt",
+                           "optimizer_g.pt", "optimizer_d.pt", "rank-0/pools.pt"})
+    EXPECT_TRUE(fs::exists(ckpt / file)) << file;
+  EXPECT_TRUE(fs::exists(dir / "cyclegan" / "samples" / "step-000002.png"));
+  fs::remove_all(dir);
 }
 
 class CycleGANCommands : public ::testing::Test {
