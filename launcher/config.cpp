@@ -203,6 +203,7 @@ std::vector<Field> make_fields() {
       real("optim.lr_d", AT(optim.lr_d), 1e-12, 10, "discriminator Adam learning rate"),
       real("optim.beta1", AT(optim.beta1), 0, 0.999999, "Adam beta1"),
       real("optim.beta2", AT(optim.beta2), 0, 0.999999999, "Adam beta2"),
+      real("optim.eps", AT(optim.eps), 1e-16, 1, "Adam epsilon (added to the root of the second moment)"),
       choice<Schedule>("optim.schedule", AT(optim.schedule),
              {{"constant", Schedule::Constant}, {"linear", Schedule::Linear}}, "learning-rate schedule"),
       integer("optim.decay_start", AT(optim.decay_start), 0, kBig, "linear: step where decay to 0 starts (none if >= train.steps)"),

@@ -23,7 +23,7 @@ double lr_factor(const OptimConfig& optim, int64_t step, int64_t total) {
 }
 
 torch::optim::AdamOptions adam_options(double lr, const OptimConfig& optim) {
-  return torch::optim::AdamOptions(lr).betas(std::make_tuple(optim.beta1, optim.beta2));
+  return torch::optim::AdamOptions(lr).betas(std::make_tuple(optim.beta1, optim.beta2)).eps(optim.eps);
 }
 
 void set_adam_lr(torch::optim::Adam& optimizer, double lr) {

@@ -62,6 +62,7 @@ struct OptimConfig {
   double lr_d = 2e-4;    // Adam learning rate of the discriminator
   double beta1 = 0.5;    // Adam beta1 (GAN practice, not Adam's 0.9)
   double beta2 = 0.999;  // Adam beta2
+  double eps = 1e-8;     // Adam epsilon: bounds the step of parameters whose gradient is ~0
   Schedule schedule = Schedule::Constant;
   int64_t decay_start = 0;  // Linear: constant until this step, then linear to 0 at train.steps
   double grad_clip = 0.0;   // max global gradient norm per network; 0 = off

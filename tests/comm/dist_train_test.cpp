@@ -46,38 +46,25 @@ class DistTrain : public ::testing::Test {
   fs::path root;
 };
 
-// Three steps: Adam turns float rounding on gradients that are ~0 into
-// lr-sized steps of either sign (which elements, depends on the CPU's
-// kernels), so element-wise agreement is a fair test only while the
-// trajectories have had few steps to drift apart.
-constexpr int kSteps = 3;
+// Five steps with kRoundingSafeAdam: the runs stay within ~1e-7 of each
+// other (GAN training amplifies rounding over many more steps).
+constexpr int kSteps = 5;
 
 // Replicas are compared bit for bit after every step by the trainer itself
 // (dist.verify_every=1 makes a divergence a failed run).
 TEST_F(DistTrain, TwoRanksOfBatchBMatchOneRankOfBatch2B) {
   const std::string bin = ATELIER_BINARY;
-  const auto one = run_command(bin + " train" + tiny("one", kSteps, 4));
+  const auto one = run_command(bin + " train" + tiny("one", kSteps, 4) + testing_support::kRoundingSafeAdam);
   ASSERT_EQ(one.status, 0) << one.output;
-  const auto two = run_command("timeout 240 " + testing::mpirun(2) + bin + " train" + tiny("two", kSteps, 2) +
+  const auto two = run_command("timeout 240 " + testing::mpirun(2) + bin + " train" + tiny("two", kSteps, 2) + testing_support::kRoundingSafeAdam +
                                " --set dist.verify_every=1 --set dist.bucket_mb=0.005");
   ASSERT_EQ(two.status, 0) << two.output;
 
   const auto expected = parameters(root / "runs" / "one" / "checkpoints" / ("step-" + std::to_string(kSteps)));
   const auto actual = parameters(root / "runs" / "two" / "checkpoints" / ("step-" + std::to_string(kSteps)));
   ASSERT_EQ(expected.size(), actual.size());
-  // Nearly every element agrees to float rounding; the few that do not are
-  // elements whose true gradient is ~0, where Adam turns rounding of either
-  // sign into steps of up to lr (2e-4) each. A reducer that dropped a rank's
-  // gradient, or mixed up buckets, moves a large share of elements by ~lr.
-  int64_t elements = 0, apart = 0;
-  for (const auto& [name, value] : expected) {
-    const auto diff = (value - actual.at(name)).abs();
-    EXPECT_LT(diff.max().item<double>(), 2 * kSteps * 2e-4) << name;
-    elements += diff.numel();
-    apart += (diff > 1e-6).sum().item<int64_t>();
-  }
-  EXPECT_LT(static_cast<double>(apart) / static_cast<double>(elements), 0.01)
-      << apart << " of " << elements << " parameters differ by more than 1e-6";
+  for (const auto& [name, value] : expected)
+    EXPECT_LT((value - actual.at(name)).abs().max().item<double>(), 1e-5) << name;
   EXPECT_EQ(manifest(root / "runs" / "two" / "checkpoints" / ("step-" + std::to_string(kSteps)))["world_size"], 2);
   EXPECT_EQ(manifest(root / "runs" / "one" / "checkpoints" / ("step-" + std::to_string(kSteps)))["world_size"], 1);
 

@@ -25,6 +25,7 @@ TEST(Config, BuiltInDefaultsArePinned) {
   EXPECT_EQ(c.optim.lr_d, 2e-4);
   EXPECT_EQ(c.optim.beta1, 0.5);
   EXPECT_EQ(c.optim.beta2, 0.999);
+  EXPECT_EQ(c.optim.eps, 1e-8);
   EXPECT_EQ(c.model.generator.encoder.width, 64);
   EXPECT_EQ(c.model.discriminator.layers, 3);
   EXPECT_EQ(c.loss.adversarial, models::Adversarial::BCE);

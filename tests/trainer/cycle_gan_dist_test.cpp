@@ -34,7 +34,8 @@ class CycleGANDist : public ::testing::Test {
   std::string tiny(const std::string& name, int steps, int batch, int pool) const {
     return testing_support::tiny_train_args(root, name, steps, batch, /*checkpoint_every=*/3) +
            " --set model.family=cyclegan --set model.resnet_width=4 --set model.resnet_blocks=1"
-           " --set optim.schedule=constant --set model.pool_size=" + std::to_string(pool);
+           " --set optim.schedule=constant --set model.pool_size=" + std::to_string(pool) +
+           testing_support::kRoundingSafeAdam;
   }
 
   fs::path ckpt(const std::string& run, int step) const {
@@ -71,13 +72,8 @@ TEST_F(CycleGANDist, TwoRanksOfBatch1MatchOneRankOfBatch2) {
   const auto expected = networks(ckpt("one", 3));
   const auto actual = networks(ckpt("two", 3));
   ASSERT_EQ(expected.size(), actual.size());
-  int compared = 0;
-  for (const auto& [name, value] : expected) {
-    if (testing_support::cancelled_by_norm(name, kGenerator)) continue;
+  for (const auto& [name, value] : expected)
     EXPECT_LT((value - actual.at(name)).abs().max().item<double>(), 1e-5) << name;
-    ++compared;
-  }
-  EXPECT_GT(compared, 30);
   // Each rank pooled its own fakes: one image per step each.
   EXPECT_EQ(pools(ckpt("two", 3), 0)[0].size(0), 3);
   EXPECT_EQ(pools(ckpt("two", 3), 1)[0].size(0), 3);
