@@ -73,6 +73,29 @@ TEST_F(Coordinator, EveryRanksPartAndTheSharedStateAreInOneVerifiedManifest) {
   EXPECT_EQ(names.size(), 2u + static_cast<size_t>(world()->world_size()));  // no vote files left in it
   EXPECT_NO_THROW(verify(dir / "step-4"));
   EXPECT_EQ(named_latest(dir), dir / "step-4");
+  // Rank 0 reports what it committed and how long it took.
+  uint64_t bytes = 0;
+  for (const auto& f : manifest.files) bytes += f.size;
+  EXPECT_EQ(outcome->bytes, world()->rank() == 0 ? bytes : 0u);
+  if (world()->rank() == 0) EXPECT_GT(outcome->seconds, 0.0);
+}
+
+// Parts of 16 MiB and more are checksummed on a second thread while they are
+// written: the manifest's checksum is still the file's.
+TEST_F(Coordinator, ALargePartIsChecksummedBesideItsWrite) {
+  std::string big(size_t{17} << 20, '\0');
+  std::mt19937_64 rng(7);
+  for (auto& c : big) c = static_cast<char>(rng());
+  CheckpointCoordinator coordinator(dir, world(), {});
+  ASSERT_TRUE(coordinator.save(request(2, big)));
+  ASSERT_TRUE(coordinator.finish()->committed);
+  const auto manifest = read_manifest(dir / "step-2");
+  const auto weights = std::find_if(manifest.files.begin(), manifest.files.end(),
+                                    [](const FileEntry& f) { return f.name == "weights.bin"; });
+  ASSERT_NE(weights, manifest.files.end());
+  EXPECT_EQ(weights->size, big.size());
+  EXPECT_EQ(weights->crc32c, file_crc32c(dir / "step-2" / "weights.bin"));
+  EXPECT_NO_THROW(verify(dir / "step-2"));
 }
 
 // The failing part is a rank's own file whose name cannot be created (a
