@@ -28,45 +28,40 @@ trainer::Config checkpoint_config(const fs::path& checkpoint_dir) {
   }
 }
 
-models::AdaINGenerator load_generator(const fs::path& checkpoint_dir, const trainer::Config& config) {
-  if (config.model.family != "adain") {
+namespace {
+
+// The checkpoint must hold `family`, verify, and its `file` must load into
+// `generator`, which is then returned in eval mode.
+template <typename Generator>
+Generator load_verified(const fs::path& checkpoint_dir, const trainer::Config& config, const std::string& family,
+                        const std::string& file, Generator generator) {
+  if (config.model.family != family)
     throw std::runtime_error("checkpoint '" + checkpoint_dir.string() + "' holds a model.family '" +
-                             config.model.family + "' model, not adain");
-  }
+                             config.model.family + "' model, not " + family);
   checkpoint::verify(checkpoint_dir);
-  const fs::path file = checkpoint_dir / "generator.pt";
-  models::AdaINGenerator generator(config.model.generator);
+  const fs::path path = checkpoint_dir / file;
   try {
-    torch::load(generator, file.string());
+    torch::load(generator, path.string());
   } catch (const c10::Error& e) {
-    throw std::runtime_error("cannot load generator '" + file.string() + "': " + e.what_without_backtrace());
+    throw std::runtime_error("cannot load generator '" + path.string() + "': " + e.what_without_backtrace());
   }
   generator->eval();
   return generator;
 }
 
-}  // namespace atelier::launcher
+}  // namespace
 
-namespace atelier::launcher {
+models::AdaINGenerator load_generator(const fs::path& checkpoint_dir, const trainer::Config& config) {
+  return load_verified(checkpoint_dir, config, "adain", "generator.pt", models::AdaINGenerator(config.model.generator));
+}
 
 models::ResnetGenerator load_cyclegan_generator(const fs::path& checkpoint_dir, const trainer::Config& config,
                                                 const std::string& direction) {
-  if (config.model.family != "cyclegan")
-    throw std::runtime_error("checkpoint '" + checkpoint_dir.string() + "' holds a model.family '" +
-                             config.model.family + "' model, not cyclegan");
   if (direction != "a2b" && direction != "b2a")
     throw ConfigError("--direction: unknown value '" + direction + "' (allowed: a2b, b2a)");
-  checkpoint::verify(checkpoint_dir);
   // G_A translates A (content) to B (style); G_B the other way.
-  const fs::path file = checkpoint_dir / (direction == "a2b" ? "generator_a.pt" : "generator_b.pt");
-  models::ResnetGenerator generator(config.model.resnet);
-  try {
-    torch::load(generator, file.string());
-  } catch (const c10::Error& e) {
-    throw std::runtime_error("cannot load generator '" + file.string() + "': " + e.what_without_backtrace());
-  }
-  generator->eval();
-  return generator;
+  return load_verified(checkpoint_dir, config, "cyclegan", direction == "a2b" ? "generator_a.pt" : "generator_b.pt",
+                       models::ResnetGenerator(config.model.resnet));
 }
 
 }  // namespace atelier::launcher
