@@ -159,17 +159,10 @@ TEST_F(CycleGANCommands, ExportLoadsStrictlyInPythonAndComputesTheSameImages) {
     std::ofstream out(cases_pt, std::ios::binary);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
-  const auto check = std::string("/usr/bin/python3 ") + ATELIER_SOURCE_DIR +
-                     "/tests/launcher/check_export_cyclegan.py " + ATELIER_SOURCE_DIR + " " + g_pt.string() + " " +
-                     cases_pt.string() + " 2>&1";
-  FILE* pipe = popen(check.c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  std::string output;
-  char buf[512];
-  while (fgets(buf, sizeof buf, pipe)) output += buf;
-  const int status = pclose(pipe);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
-  EXPECT_NE(output.find("expected: max abs diff"), std::string::npos) << output;
+  const auto check = run_shell(std::string("/usr/bin/python3 ") + ATELIER_SOURCE_DIR + "/tests/launcher/check_export_cyclegan.py " +
+                                ATELIER_SOURCE_DIR + " " + g_pt.string() + " " + cases_pt.string());
+  EXPECT_EQ(check.status, 0) << check.output;
+  EXPECT_NE(check.output.find("expected: max abs diff"), std::string::npos) << check.output;
 }
 
 // The cycle reconstruction error of `atelier evaluate` against a hand

@@ -46,16 +46,10 @@ TEST(Export, PythonLoadsItStrictlyAndComputesTheSameImages) {
   const auto cases_pt = tiny.root / "cases.pt";
   write_file(cases_pt, torch::pickle_save(c10::IValue(cases)));
 
-  const auto check = std::string("/usr/bin/python3 ") + ATELIER_SOURCE_DIR + "/tests/launcher/check_export.py " +
-                     ATELIER_SOURCE_DIR + " " + g_pt.string() + " " + cases_pt.string() + " 2>&1";
-  FILE* pipe = popen(check.c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  std::string output;
-  char buf[512];
-  while (fgets(buf, sizeof buf, pipe)) output += buf;
-  const int status = pclose(pipe);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
-  EXPECT_NE(output.find("expected_mixed: max abs diff"), std::string::npos) << output;
+  const auto check = run_shell(std::string("/usr/bin/python3 ") + ATELIER_SOURCE_DIR + "/tests/launcher/check_export.py " +
+                                ATELIER_SOURCE_DIR + " " + g_pt.string() + " " + cases_pt.string());
+  EXPECT_EQ(check.status, 0) << check.output;
+  EXPECT_NE(check.output.find("expected_mixed: max abs diff"), std::string::npos) << check.output;
 }
 
 TEST(Export, MissingCheckpointIsARuntimeErrorNamingIt) {

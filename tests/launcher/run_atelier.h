@@ -13,13 +13,18 @@ struct Ran {
   std::string output;  // stdout and stderr together
 };
 
-inline Ran run_atelier(const std::string& args) {
-  const std::string cmd = std::string(ATELIER_BINARY) + " " + args + " 2>&1";
+// A shell command line, stderr folded into the output.
+inline Ran run_shell(const std::string& command) {
+  const std::string cmd = command + " 2>&1";
   FILE* pipe = popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return {-1, "popen failed: " + command};
   std::string output;
   char buf[512];
   while (fgets(buf, sizeof buf, pipe)) output += buf;
-  return {WEXITSTATUS(pclose(pipe)), output};
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
 }
+
+inline Ran run_atelier(const std::string& args) { return run_shell(std::string(ATELIER_BINARY) + " " + args); }
 
 }  // namespace atelier::launcher
