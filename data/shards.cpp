@@ -186,7 +186,7 @@ ShardReport write_shards(const ShardOptions& options) {
     std::vector<unsigned char> bytes;
     std::string why = "cannot read file";
     cv::Mat rgb;
-    if (read_whole(file, bytes)) rgb = detail::decode_rgb(bytes, 1, why);
+    if (read_whole(file, bytes)) rgb = detail::decode_rgb(bytes, why);
     if (rgb.empty() || bytes.size() > static_cast<size_t>(kMaxImageBytes)) {
       if (!rgb.empty()) why = "larger than " + std::to_string(kMaxImageBytes) + " bytes";
       spdlog::warn("leaving out {}: {}", file, why);
