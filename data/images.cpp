@@ -207,7 +207,7 @@ cv::Mat decode_rgb(const std::vector<uchar>& bytes, std::string& why) {
   return image;
 }
 
-cv::Mat resize_shorter_side(const cv::Mat& rgb, int64_t size) {
+cv::Mat resize_shorter_side(const cv::Mat& rgb, int64_t size, Shrink shrink) {
   const int shorter = std::min(rgb.rows, rgb.cols);
   if (shorter == size) return rgb;
   const double scale = static_cast<double>(size) / shorter;
@@ -217,9 +217,11 @@ cv::Mat resize_shorter_side(const cv::Mat& rgb, int64_t size) {
   cv::Mat out;
   // INTER_AREA averages every source pixel a target pixel covers, so shrinking
   // does not alias; when growing it degenerates to blocky nearest-neighbour,
-  // where bilinear looks better.
-  const int interpolation = size < shorter ? cv::INTER_AREA : cv::INTER_LINEAR;
-  cv::resize(rgb, out, cv::Size(scaled(rgb.cols), scaled(rgb.rows)), 0, 0, interpolation);
+  // where bilinear looks better. Below a 2x reduction bilinear still reads
+  // every source pixel, and OpenCV's fixed-point bilinear is ~5x faster here
+  // than its area filter at a ratio that is not a whole number.
+  const bool area = shrink == Shrink::kArea ? size < shorter : 2 * size <= shorter;
+  cv::resize(rgb, out, cv::Size(scaled(rgb.cols), scaled(rgb.rows)), 0, 0, area ? cv::INTER_AREA : cv::INTER_LINEAR);
   return out;
 }
 
@@ -234,14 +236,14 @@ void check_augment_options(const AugmentOptions& options) {
 void augment_into(const cv::Mat& rgb, const AugmentOptions& options, uint64_t seed, float* out) {
   check_rgb_image(rgb);
   check_augment_options(options);
-  const cv::Mat resized = resize_shorter_side(rgb, options.load_size);
+  const cv::Mat resized = resize_shorter_side(rgb, options.load_size, Shrink::kTraining);
   write_normalized_chw(resized, random_crop(resized.size(), options, seed), out);
 }
 
 void augment_into_bytes(const cv::Mat& rgb, const AugmentOptions& options, uint64_t seed, uint8_t* out) {
   check_rgb_image(rgb);
   check_augment_options(options);
-  const cv::Mat resized = resize_shorter_side(rgb, options.load_size);
+  const cv::Mat resized = resize_shorter_side(rgb, options.load_size, Shrink::kTraining);
   write_bytes_hwc(resized, random_crop(resized.size(), options, seed), out);
 }
 

@@ -33,9 +33,17 @@ bool looks_like_jpeg(const std::vector<uchar>& bytes);
 // False for a JPEG cut short: no end-of-image marker after its last scan.
 bool jpeg_is_complete(const std::vector<uchar>& bytes);
 
+// How resize_shorter_side shrinks an image (it always enlarges bilinearly).
+enum class Shrink {
+  kArea,      // area averaging at every ratio: no aliasing (inference, evaluation)
+  kTraining,  // bilinear below a 2x reduction, area averaging from 2x on: the
+              // training path, where decode_for_training already took a JPEG
+              // to within 2x of the load size (mostly within 1.6x)
+};
+
 // Scales an image so that its shorter side is `size`, keeping the aspect
 // ratio; returns the input itself when it already has that size.
-cv::Mat resize_shorter_side(const cv::Mat& rgb, int64_t size);
+cv::Mat resize_shorter_side(const cv::Mat& rgb, int64_t size, Shrink shrink = Shrink::kArea);
 
 // A square window of an image, optionally mirrored left-right.
 struct Crop {
