@@ -10,6 +10,7 @@
 #include <array>
 #include <cctype>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -165,16 +166,25 @@ bool read_bytes(const std::string& path, std::vector<uchar>& bytes, std::string&
 // (FF D9) after its last start-of-scan marker (FF DA). Inside entropy-coded
 // data FF is always followed by 00 or a restart marker, so neither marker
 // appears there by accident; trailing bytes after the EOI stay allowed.
+// memchr jumps from FF to FF (about one byte in 256 of entropy-coded data):
+// a byte-by-byte loop cost ~5% of a training sample's decode.
 bool jpeg_is_complete(const std::vector<uchar>& bytes) {
-  size_t last_scan = bytes.size();
-  for (size_t i = 0; i + 1 < bytes.size(); ++i) {
-    if (bytes[i] == 0xFF && bytes[i + 1] == 0xDA) last_scan = i;
+  bool in_scan = false;       // an FF DA was seen
+  bool ended = false;         // an FF D9 was seen after the last FF DA
+  const uchar* at = bytes.data();
+  const uchar* const last = bytes.data() + bytes.size();  // one past the end
+  while (last - at >= 2) {
+    at = static_cast<const uchar*>(std::memchr(at, 0xFF, static_cast<size_t>(last - at - 1)));
+    if (at == nullptr) break;
+    if (at[1] == 0xDA) {
+      in_scan = true;
+      ended = false;
+    } else if (at[1] == 0xD9 && in_scan) {
+      ended = true;
+    }
+    ++at;
   }
-  if (last_scan == bytes.size()) return false;
-  for (size_t i = last_scan + 2; i + 1 < bytes.size(); ++i) {
-    if (bytes[i] == 0xFF && bytes[i + 1] == 0xD9) return true;
-  }
-  return false;
+  return ended;
 }
 
 cv::Mat read_rgb(const std::string& path, std::string& why) {

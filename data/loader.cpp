@@ -173,13 +173,10 @@ ContentStyleBatch PrefetchLoader::State::build(int64_t number) {
   batch.style = torch::empty({batch_size, 3, side, side}, torch::kFloat);
   batch.start = cursor_of(first - options.rank * batch_size);
   const int64_t sample_floats = 3 * side * side;
-  std::vector<uint8_t> pixels(static_cast<size_t>(side * side * 3));
   // Stopping is checked per sample so the destructor waits for one image, not one batch.
   for (int64_t i = 0; i < batch_size && !stopping; ++i) {
-    content->draw(first + i, options.augment, pixels.data());
-    detail::bytes_to_unit_chw(pixels.data(), side, batch.content.data_ptr<float>() + i * sample_floats);
-    style->draw(first + i, options.augment, pixels.data());
-    detail::bytes_to_unit_chw(pixels.data(), side, batch.style.data_ptr<float>() + i * sample_floats);
+    content->draw(first + i, options.augment, batch.content.data_ptr<float>() + i * sample_floats);
+    style->draw(first + i, options.augment, batch.style.data_ptr<float>() + i * sample_floats);
   }
   return batch;
 }
