@@ -51,7 +51,6 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   std::string images = "/usr/share/doc/opencv-doc/examples/data";
   int64_t crop = 256, load = 256, batch = 8, batches = 12, workers = 2, rounds = 3, prefetch = 4;
-  bool exact_jpeg = false;
   CLI::App app{"Loader service vs in-process loader (images/s)"};
   app.add_option("--images", images, "folder of JPEG photographs (top level only)")->capture_default_str();
   app.add_option("--crop", crop, "training crop size")->capture_default_str();
@@ -61,7 +60,6 @@ int main(int argc, char** argv) {
   app.add_option("--workers", workers, "decode threads, both loaders")->capture_default_str();
   app.add_option("--prefetch", prefetch, "batches ahead, both loaders")->capture_default_str();
   app.add_option("--rounds", rounds, "interleaved rounds")->capture_default_str();
-  app.add_flag("--exact-jpeg", exact_jpeg, "server decodes JPEGs at full size");
   CLI11_PARSE(app, argc, argv);
 
   const fs::path root = fs::temp_directory_path() / ("atelier-loader-bench-" + std::to_string(::getpid()));
@@ -80,7 +78,6 @@ int main(int argc, char** argv) {
   server_options.token = "bench-token";
   server_options.workers = workers;
   server_options.queue_batches = prefetch;
-  server_options.reduced_jpeg = !exact_jpeg;
   data::LoaderServer server(server_options);
 
   data::ServiceOptions service;

@@ -1,8 +1,9 @@
 // data/ — images in, training batches out.
 //
-// Folders (or explicit files) of JPEG/PNG images are listed once, decoded with
-// OpenCV, augmented (resize shorter side, random crop, horizontal flip, scale
-// to [-1, 1]) and packed into content/style batches by a pool of worker
+// Folders (or explicit files) of JPEG/PNG images are listed once, decoded
+// (JPEGs by TurboJPEG, scaled down by 1/2, 1/4 or 1/8 when that still leaves
+// the load size; others by OpenCV), augmented (resize shorter side, random crop, horizontal
+// flip, scale to [-1, 1]) and packed into content/style batches by a pool of worker
 // threads that runs ahead of training. Everything is a pure function of
 // (seed, cursor): the same seed and cursor give the same batches whatever the
 // number of workers, which is what exact resume needs.
@@ -188,7 +189,7 @@ struct ShardRecord {
   uint32_t crc32c = 0;  // CRC-32C of the image bytes
   int64_t width = 0;    // pixels, measured when sharding
   int64_t height = 0;
-  bool jpeg = false;    // the bytes are a JPEG (reduced decoding applies)
+  bool jpeg = false;    // the bytes are a JPEG (decoded at a reduced scale for training)
 };
 
 // Reads a shard folder. Opening checks the index against the files (magic,
@@ -229,7 +230,6 @@ struct ServerOptions {
   int64_t workers = 4;          // decode/augment threads
   int64_t io_threads = 1;       // threads running the Asio io_context
   int64_t queue_batches = 4;    // per client: requests accepted but not yet sent
-  bool reduced_jpeg = true;     // decode big JPEGs at 1/2, 1/4 or 1/8 size (see docs)
 };
 
 // Counters of a running server, for logs and tests.
@@ -282,7 +282,7 @@ struct ServiceOptions {
 // batches over them, hands batches out in order, and when a server fails
 // re-requests its missing batches from the others, so no sample is lost or
 // repeated. The batches equal PrefetchLoader's for the same options and
-// folder (docs/loader-protocol.md says when reduced JPEG decoding differs).
+// folder, bit for bit.
 // Throws DataError naming the servers when none can be used.
 class ServiceLoader : public BatchSource {
  public:

@@ -8,6 +8,7 @@
 // Hence every choice is hashed from the global sample number (seeding.h)
 // instead of drawn from a generator that workers would share.
 #include "data/data.h"
+#include "data/jpeg.h"
 #include "data/pixels.h"
 #include "data/sampler.h"
 
@@ -29,15 +30,18 @@
 namespace atelier::data {
 namespace {
 
-// The image files of a folder source, decoded in full (no reduced JPEG
-// decoding, so a folder run sees the files' exact pixels).
+// The image files of a folder source, decoded as the loader service decodes
+// their shards (decode_for_training), so both give the same pixels.
 class FolderImages : public detail::ImageList {
  public:
   explicit FolderImages(std::vector<std::string> files) : files_(std::move(files)) {}
   int64_t size() const override { return static_cast<int64_t>(files_.size()); }
   std::string name(int64_t index) const override { return files_[static_cast<size_t>(index)]; }
-  cv::Mat decode(int64_t index, int64_t /*load_size*/, std::string& why) const override {
-    return detail::read_rgb(name(index), why);
+  cv::Mat decode(int64_t index, int64_t load_size, std::string& why) const override {
+    const std::string path = name(index);
+    std::vector<uchar> bytes;
+    if (!detail::read_bytes(path, bytes, why)) return {};
+    return detail::decode_for_training(bytes, load_size, path, why);
   }
 
  private:
@@ -169,13 +173,10 @@ ContentStyleBatch PrefetchLoader::State::build(int64_t number) {
   batch.style = torch::empty({batch_size, 3, side, side}, torch::kFloat);
   batch.start = cursor_of(first - options.rank * batch_size);
   const int64_t sample_floats = 3 * side * side;
-  std::vector<uint8_t> pixels(static_cast<size_t>(side * side * 3));
   // Stopping is checked per sample so the destructor waits for one image, not one batch.
   for (int64_t i = 0; i < batch_size && !stopping; ++i) {
-    content->draw(first + i, options.augment, pixels.data());
-    detail::bytes_to_unit_chw(pixels.data(), side, batch.content.data_ptr<float>() + i * sample_floats);
-    style->draw(first + i, options.augment, pixels.data());
-    detail::bytes_to_unit_chw(pixels.data(), side, batch.style.data_ptr<float>() + i * sample_floats);
+    content->draw(first + i, options.augment, batch.content.data_ptr<float>() + i * sample_floats);
+    style->draw(first + i, options.augment, batch.style.data_ptr<float>() + i * sample_floats);
   }
   return batch;
 }

@@ -18,18 +18,32 @@ namespace atelier::data::detail {
 // sets `why` to the reason (the loader warns with it, decode_image throws).
 cv::Mat read_rgb(const std::string& path, std::string& why);
 
-// Decodes encoded image bytes (JPEG, PNG, BMP) to RGB CV_8UC3; `reduce` is 1,
-// 2, 4 or 8: a JPEG is then decoded at 1/reduce of its size by libjpeg's
-// DCT scaling (cv::IMREAD_REDUCED_COLOR_*), much cheaper than a full decode.
-// Same failure contract as read_rgb.
-cv::Mat decode_rgb(const std::vector<uchar>& bytes, int reduce, std::string& why);
+// Decodes encoded image bytes (JPEG, PNG, BMP) at full size with OpenCV to
+// RGB CV_8UC3. Same failure contract as read_rgb. (Training decodes through
+// decode_for_training in jpeg.h instead, which scales JPEGs down.)
+cv::Mat decode_rgb(const std::vector<uchar>& bytes, std::string& why);
+
+// Reads a whole file into `bytes`; false and a reason in `why` when it is
+// missing, unreadable or empty.
+bool read_bytes(const std::string& path, std::vector<uchar>& bytes, std::string& why);
 
 // True when `bytes` start with the JPEG signature.
 bool looks_like_jpeg(const std::vector<uchar>& bytes);
 
+// False for a JPEG cut short: no end-of-image marker after its last scan.
+bool jpeg_is_complete(const std::vector<uchar>& bytes);
+
+// How resize_shorter_side shrinks an image (it always enlarges bilinearly).
+enum class Shrink {
+  kArea,      // area averaging at every ratio: no aliasing (inference, evaluation)
+  kTraining,  // bilinear below a 2x reduction, area averaging from 2x on: the
+              // training path, where decode_for_training already took a JPEG
+              // to within 2x of the load size (mostly within 1.6x)
+};
+
 // Scales an image so that its shorter side is `size`, keeping the aspect
 // ratio; returns the input itself when it already has that size.
-cv::Mat resize_shorter_side(const cv::Mat& rgb, int64_t size);
+cv::Mat resize_shorter_side(const cv::Mat& rgb, int64_t size, Shrink shrink = Shrink::kArea);
 
 // A square window of an image, optionally mirrored left-right.
 struct Crop {
@@ -42,8 +56,9 @@ struct Crop {
 // Throws DataError unless 1 <= crop_size <= load_size.
 void check_augment_options(const AugmentOptions& options);
 
-// Resize + random crop + random flip of an RGB CV_8UC3 image, written to
-// `out` as float [3, crop, crop] in [-1, 1]. Everything random comes from `seed`.
+// Resize + random crop + random flip of an RGB CV_8UC3 image (or a greyscale
+// CV_8UC1 one, whose crop gets R = G = B), written to `out` as float
+// [3, crop, crop] in [-1, 1]. Everything random comes from `seed`.
 void augment_into(const cv::Mat& rgb, const AugmentOptions& options, uint64_t seed, float* out);
 
 // The same crop as 8-bit pixels, written to `out` as uint8 [crop, crop, 3]

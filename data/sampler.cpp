@@ -45,6 +45,18 @@ int64_t Sampler::image_of(int64_t sample) {
 }
 
 void Sampler::draw(int64_t sample, const AugmentOptions& augment, uint8_t* out) {
+  uint64_t seed = 0;
+  const cv::Mat rgb = decode_sample(sample, augment.load_size, seed);
+  augment_into_bytes(rgb, augment, seed, out);
+}
+
+void Sampler::draw(int64_t sample, const AugmentOptions& augment, float* out) {
+  uint64_t seed = 0;
+  const cv::Mat rgb = decode_sample(sample, augment.load_size, seed);
+  augment_into(rgb, augment, seed, out);
+}
+
+cv::Mat Sampler::decode_sample(int64_t sample, int64_t load_size, uint64_t& seed) {
   const int64_t count = images_.size();
   const Order order = permutation(sample / count);
   const int64_t position = sample % count;
@@ -53,14 +65,13 @@ void Sampler::draw(int64_t sample, const AugmentOptions& augment, uint8_t* out) 
     const std::string name = images_.name(index);
     if (bad_.contains(name)) continue;
     std::string why;
-    const cv::Mat rgb = images_.decode(index, augment.load_size, why);
+    cv::Mat rgb = images_.decode(index, load_size, why);
     if (rgb.empty()) {
       bad_.add(name, why);
       continue;
     }
-    const uint64_t seed = derive_seed(seed_, augment_stream_, static_cast<uint64_t>(sample));
-    augment_into_bytes(rgb, augment, seed, out);
-    return;
+    seed = derive_seed(seed_, augment_stream_, static_cast<uint64_t>(sample));
+    return rgb;
   }
   throw DataError("no readable images in the " + what_ + " list (" + std::to_string(count) +
                   " images, all failed to decode)");

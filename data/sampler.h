@@ -64,6 +64,11 @@ class Sampler {
   // replacement is deterministic. Throws DataError when nothing decodes.
   void draw(int64_t sample, const AugmentOptions& augment, uint8_t* out);
 
+  // The same sample as float [3, crop, crop] in [-1, 1]: bit for bit what
+  // bytes_to_unit_chw makes of draw()'s bytes, in one pass over the crop
+  // instead of two (the folder loader's path).
+  void draw(int64_t sample, const AugmentOptions& augment, float* out);
+
   // Index (into the list) of the image global sample `sample` starts from,
   // before any replacement.
   int64_t image_of(int64_t sample);
@@ -71,6 +76,9 @@ class Sampler {
  private:
   using Order = std::shared_ptr<const std::vector<int64_t>>;
   Order permutation(int64_t pass);
+  // The decoded image of global sample `sample` (after any replacement) and,
+  // in `seed`, the seed of its crop and flip.
+  cv::Mat decode_sample(int64_t sample, int64_t load_size, uint64_t& seed);
 
   const ImageList& images_;
   std::string what_;

@@ -7,6 +7,7 @@
 // to be written, so a client that stops reading stalls its own connection
 // (the kernel's socket buffers fill, our writes wait) and nothing else.
 #include "data/data.h"
+#include "data/jpeg.h"
 #include "data/pixels.h"
 #include "data/protocol.h"
 #include "data/sampler.h"
@@ -28,32 +29,22 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 namespace proto = protocol;
 
-// The records of a shard folder as the sampler sees them. A big JPEG is
-// decoded at 1/2, 1/4 or 1/8 size when that still leaves at least twice the
-// training load size, so the resize that follows still averages over >= 2
-// pixels per output pixel.
+// The records of a shard folder as the sampler sees them, decoded like the
+// folder loader decodes files (decode_for_training), so both give the same pixels.
 class ShardImages : public detail::ImageList {
  public:
-  ShardImages(const std::string& folder, bool reduced_jpeg) : reader_(folder), reduced_jpeg_(reduced_jpeg) {}
+  explicit ShardImages(const std::string& folder) : reader_(folder) {}
   int64_t size() const override { return reader_.size(); }
   std::string name(int64_t index) const override { return reader_.folder() + ":" + reader_.record(index).key; }
   cv::Mat decode(int64_t index, int64_t load_size, std::string& why) const override {
     std::vector<unsigned char> bytes;
     if (!reader_.read(index, bytes, why)) return {};
-    return detail::decode_rgb(bytes, reduction(reader_.record(index), load_size), why);
+    return detail::decode_for_training(bytes, load_size, name(index), why);
   }
   const ShardReader& reader() const { return reader_; }
 
  private:
-  int reduction(const ShardRecord& record, int64_t load_size) const {
-    if (!reduced_jpeg_ || !record.jpeg) return 1;
-    const int64_t shorter = std::min(record.width, record.height);
-    for (int factor : {8, 4, 2})
-      if (shorter / factor >= 2 * load_size) return factor;
-    return 1;
-  }
   ShardReader reader_;
-  bool reduced_jpeg_;
 };
 
 // One client's samplers, rebuilt when its seed changes.
@@ -90,8 +81,8 @@ struct ServerCore {
 
   explicit ServerCore(ServerOptions o)
       : options(std::move(o)),
-        content(options.content, options.reduced_jpeg),
-        style(options.style, options.reduced_jpeg),
+        content(options.content),
+        style(options.style),
         workers(static_cast<size_t>(options.workers)) {}
   void accept();
   void shut_down();

@@ -38,7 +38,39 @@ constexpr int64_t kMaxKeyBytes = 4096;        // a relative path
 constexpr int64_t kMaxImageBytes = int64_t{256} << 20;  // one encoded image
 constexpr int64_t kMaxIndexBytes = int64_t{1} << 30;    // index.json
 
+// CRC-32C with the SSE4.2 instruction where the CPU has it: Boost's byte
+// table takes ~110 us for a typical 60 KB photograph, ~12% of what decoding
+// and augmenting it costs the server now that decoding is scaled; the
+// instruction takes a few us. The same technique as checkpoint/'s Crc32c
+// (data/ cannot depend on checkpoint/), including asking on first use: during
+// static initialisation __builtin_cpu_supports can answer "no" wrongly.
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t crc32c_instruction(const unsigned char* data, size_t size) {
+  uint64_t crc = 0xFFFFFFFF;
+  for (; size >= 8; data += 8, size -= 8) {
+    uint64_t word;
+    std::memcpy(&word, data, 8);
+    crc = __builtin_ia32_crc32di(crc, word);
+  }
+  auto crc32 = static_cast<uint32_t>(crc);
+  for (; size > 0; ++data, --size) crc32 = __builtin_ia32_crc32qi(crc32, *data);
+  return ~crc32;
+}
+
+bool has_crc32c_instruction() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("sse4.2") != 0;
+  }();
+  return has;
+}
+#else
+uint32_t crc32c_instruction(const unsigned char*, size_t) { return 0; }
+bool has_crc32c_instruction() { return false; }
+#endif
+
 uint32_t crc32c(const void* data, size_t size) {
+  if (has_crc32c_instruction()) return crc32c_instruction(static_cast<const unsigned char*>(data), size);
   boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
   crc.process_bytes(data, size);
   return crc.checksum();
@@ -186,7 +218,7 @@ ShardReport write_shards(const ShardOptions& options) {
     std::vector<unsigned char> bytes;
     std::string why = "cannot read file";
     cv::Mat rgb;
-    if (read_whole(file, bytes)) rgb = detail::decode_rgb(bytes, 1, why);
+    if (read_whole(file, bytes)) rgb = detail::decode_rgb(bytes, why);
     if (rgb.empty() || bytes.size() > static_cast<size_t>(kMaxImageBytes)) {
       if (!rgb.empty()) why = "larger than " + std::to_string(kMaxImageBytes) + " bytes";
       spdlog::warn("leaving out {}: {}", file, why);

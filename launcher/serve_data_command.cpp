@@ -23,7 +23,6 @@ struct ServeArgs {
   std::string token_file;
   int64_t workers = 4;
   int64_t queue = 4;
-  bool exact_jpeg = false;
 };
 
 int run_serve(const ServeArgs& args) {
@@ -35,7 +34,6 @@ int run_serve(const ServeArgs& args) {
   options.token = data::read_token_file(args.token_file);
   options.workers = args.workers;
   options.queue_batches = args.queue;
-  options.reduced_jpeg = !args.exact_jpeg;
   boost::asio::io_context signals_io;
   boost::asio::signal_set signals(signals_io, SIGINT, SIGTERM);
   data::LoaderServer server(options);
@@ -75,8 +73,6 @@ void add_serve_data_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--queue", args->queue, "Requests in flight per client (bounds memory per client)")
       ->check(CLI::Range(int64_t{1}, int64_t{1024}))
       ->capture_default_str();
-  cmd->add_flag("--exact-jpeg", args->exact_jpeg,
-                "Decode JPEGs at full size (bit-identical to data.source: folder; slower)");
   cmd->footer("Runs until SIGINT or SIGTERM. The token never crosses the network: clients prove they hold it\n"
               "with an HMAC-SHA256 of a per-connection nonce.");
   cmd->callback([args, &exit_code] { exit_code = run_serve(*args); });

@@ -10,6 +10,7 @@ packages=(
   libboost-dev                      # Boost.Asio, Boost.CRC
   libspdlog-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev
   libopencv-dev                     # image decode, resize, PNG encode
+  libturbojpeg0-dev                 # TurboJPEG: scaled JPEG decoding for training
   libssl-dev                        # HMAC-SHA256 of the loader service handshake
   libgtest-dev
   opencv-doc                        # the demo's embedded photographs and paintings

@@ -1,5 +1,6 @@
 // Shards: write/read round trip, idempotent re-runs, corrupt inputs, and
 // reading that trusts no length (truncated files, huge lengths, index mismatch).
+#include <boost/crc.hpp>
 #include <nlohmann/json.hpp>
 
 #include "service_fixture.h"
@@ -42,6 +43,21 @@ TEST_F(ServiceTest, ShardRoundTripKeepsEveryImageInListOrder) {
     shards.insert(record.shard);
   }
   EXPECT_GT(shards.size(), 1u) << "4 KiB shards should split 7 images";
+}
+
+// The recorded checksum is the standard CRC-32C (Boost's table as the
+// reference), whichever implementation the CPU gets, so shards written on
+// one machine verify on another. Odd sizes exercise the byte-wise tail.
+TEST_F(ServiceTest, ShardChecksumsAreStandardCrc32c) {
+  shard_all();
+  const data::ShardReader reader(path("shards/content").string());
+  const auto files = data::list_images({path("content").string()});
+  for (int64_t i = 0; i < reader.size(); ++i) {
+    const auto bytes = read_bytes(files[static_cast<size_t>(i)]);
+    boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> reference;
+    reference.process_bytes(bytes.data(), bytes.size());
+    EXPECT_EQ(reader.record(i).crc32c, reference.checksum()) << reader.record(i).key << ", " << bytes.size() << " bytes";
+  }
 }
 
 TEST_F(ServiceTest, ShardReRunOnUnchangedInputWritesNothing) {
