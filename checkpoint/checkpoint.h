@@ -10,8 +10,8 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <memory>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -117,7 +117,10 @@ std::string atelier_version();
 // One file of a checkpoint, already serialised in host memory.
 struct StateFile {
   std::string name;   // relative path inside the checkpoint (or rank-<r>/)
-  std::string bytes;  // the file's content
+  std::string bytes;  // the file's content, unless `produce` is set
+  // Makes the content on the writer thread (an asynchronous save then costs
+  // the caller only what it captured, e.g. copies of tensors).
+  std::function<std::string()> produce;
 };
 
 struct SaveRequest {
@@ -191,6 +194,9 @@ constexpr int kExitStopped = 75;
 
 // While alive, SIGUSR1 and SIGTERM only set a flag (a second signal during
 // the final save changes nothing); the previous handlers come back after.
+// Guards nest (the launcher holds one around the whole run, training its
+// own): they share the flag, so an inner guard keeps a signal the outer one
+// caught before it, and ending it gives the outer handler back.
 class StopSignals {
  public:
   StopSignals();
@@ -203,6 +209,10 @@ class StopSignals {
   // Collective, at a step boundary: the signal any rank received (the
   // lowest-numbered rank's), or 0, so that every rank stops at the same step.
   int agree(comm::Communicator& comm) const;
+
+ private:
+  struct Previous;  // the handlers this guard replaced
+  std::unique_ptr<Previous> previous_;
 };
 
 }  // namespace atelier::checkpoint

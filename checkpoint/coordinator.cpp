@@ -53,9 +53,14 @@ std::vector<FileEntry> write_part(const fs::path& staging, int rank, const SaveR
     write_file_synced(path, bytes);
     files.push_back({fs::path(name).generic_string(), bytes.size(), crc.get()});
   };
-  for (const auto& f : request.own) put(rank_dir(rank) + "/" + f.name, f.bytes);
+  // A file's bytes as given, or made now (no copy of the given ones).
+  auto put_file = [&](const std::string& name, const StateFile& f) {
+    if (f.produce) put(name, f.produce());
+    else put(name, f.bytes);
+  };
+  for (const auto& f : request.own) put_file(rank_dir(rank) + "/" + f.name, f);
   if (rank == 0)
-    for (const auto& f : request.shared) put(f.name, f.bytes);
+    for (const auto& f : request.shared) put_file(f.name, f);
   if (!request.own.empty()) sync_path(staging / rank_dir(rank), true);
   fs::create_directories(staging);  // a rank with nothing of its own still votes
   sync_path(staging, true);

@@ -12,24 +12,29 @@ extern "C" void remember_signal(int signal) {
   if (g_received == 0) g_received = signal;  // the first one counts; later ones change nothing
 }
 
-struct sigaction g_previous_usr1 {};
-struct sigaction g_previous_term {};
+int g_guards = 0;  // StopSignals alive (they are made and ended on the main thread)
 
 }  // namespace
 
-StopSignals::StopSignals() {
-  g_received = 0;
+struct StopSignals::Previous {
+  struct sigaction usr1 {};
+  struct sigaction term {};
+};
+
+StopSignals::StopSignals() : previous_(std::make_unique<Previous>()) {
+  if (g_guards++ == 0) g_received = 0;
   struct sigaction action {};
   action.sa_handler = remember_signal;
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;  // file and MPI calls carry on; the step boundary looks at the flag
-  sigaction(SIGUSR1, &action, &g_previous_usr1);
-  sigaction(SIGTERM, &action, &g_previous_term);
+  sigaction(SIGUSR1, &action, &previous_->usr1);
+  sigaction(SIGTERM, &action, &previous_->term);
 }
 
 StopSignals::~StopSignals() {
-  sigaction(SIGUSR1, &g_previous_usr1, nullptr);
-  sigaction(SIGTERM, &g_previous_term, nullptr);
+  sigaction(SIGUSR1, &previous_->usr1, nullptr);
+  sigaction(SIGTERM, &previous_->term, nullptr);
+  --g_guards;
 }
 
 int StopSignals::received() const { return static_cast<int>(g_received); }

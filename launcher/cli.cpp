@@ -55,6 +55,11 @@ int run_train(const TrainArgs& args) {
     return 0;
   }
   set_up_logging(config.run.log_level);
+  // Held around the whole run: a stop signal (SLURM's preemption USR1, a
+  // TERM) that arrives while the run starts up is kept for its first step
+  // boundary, and one that arrives after the last step no longer kills a
+  // run that is complete.
+  const checkpoint::StopSignals signals;
   const bool resume = args.resume || (args.auto_resume && resume_automatically(config));
   const auto result = trainer::train(config, yaml, resume);
   if (result.stop_signal != 0) {
@@ -62,6 +67,8 @@ int run_train(const TrainArgs& args) {
                  result.stop_signal, result.last_step, result.checkpoint, checkpoint::kExitStopped);
     return checkpoint::kExitStopped;
   }
+  if (signals.received() != 0)
+    spdlog::info("signal {} arrived after the last step: the run is complete", signals.received());
   spdlog::info("done: {} steps; run directory {}", result.last_step, result.run_dir);
   if (result.rank != 0) return 0;  // rank 0 wrote the run directory and reports it
   std::cout << "\nResults in " << result.run_dir << "/:\n"

@@ -127,8 +127,8 @@ std::vector<torch::Tensor> AdaINGAN::sample_columns(const torch::Tensor& content
 }
 
 std::vector<checkpoint::StateFile> AdaINGAN::snapshot() {
-  return {serialised("generator.pt", generator), serialised("discriminator.pt", discriminator),
-          serialised("optimizer_g.pt", *optimizer_g_), serialised("optimizer_d.pt", *optimizer_d_)};
+  return {copied("generator.pt", *generator), copied("discriminator.pt", *discriminator),
+          copied("optimizer_g.pt", *optimizer_g_), copied("optimizer_d.pt", *optimizer_d_)};
 }
 
 void AdaINGAN::load(const fs::path& dir, const fs::path& /*rank_dir*/) {

@@ -139,9 +139,9 @@ std::vector<torch::Tensor> CycleGAN::sample_columns(const torch::Tensor& real_a,
 }
 
 std::vector<checkpoint::StateFile> CycleGAN::snapshot() {
-  return {serialised("generator_a.pt", g_a),         serialised("generator_b.pt", g_b),
-          serialised("discriminator_a.pt", d_a),     serialised("discriminator_b.pt", d_b),
-          serialised("optimizer_g.pt", *optimizer_g_), serialised("optimizer_d.pt", *optimizer_d_)};
+  return {copied("generator_a.pt", *g_a),          copied("generator_b.pt", *g_b),
+          copied("discriminator_a.pt", *d_a),      copied("discriminator_b.pt", *d_b),
+          copied("optimizer_g.pt", *optimizer_g_), copied("optimizer_d.pt", *optimizer_d_)};
 }
 
 // Each rank keeps its own pools (as each process of the reference does).

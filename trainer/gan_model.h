@@ -63,6 +63,12 @@ void set_adam_lr(torch::optim::Adam& optimizer, double lr);
 // Adam with the configured betas.
 torch::optim::AdamOptions adam_options(double lr, const OptimConfig& optim);
 
+// A copy of a module's or an Adam optimiser's state, taken now; the file's
+// bytes (those torch::save would write now) are made on the checkpoint's
+// writer thread (trainer/state_copy.cpp).
+checkpoint::StateFile copied(const std::string& name, const torch::nn::Module& module);
+checkpoint::StateFile copied(const std::string& name, const torch::optim::Adam& optimizer);
+
 // Serialises a module or optimiser as torch::save would write it to a file.
 template <typename T>
 checkpoint::StateFile serialised(const std::string& name, const T& value) {

@@ -240,6 +240,34 @@ TEST(StopSignals, TheFirstSignalCountsAndTheOldHandlerComesBack) {
   std::signal(SIGUSR1, old);
 }
 
+// The launcher's guard around the whole run and training's own: a signal
+// caught before training starts is still there for its first step boundary;
+// one after training ended sets the flag instead of killing the process; the
+// handler from before both comes back at the end.
+TEST(StopSignals, NestedGuardsKeepAnEarlySignalAndGiveTheOuterHandlerBack) {
+  if (world()->world_size() > 1) GTEST_SKIP() << "single process";
+  static volatile std::sig_atomic_t seen = 0;
+  const auto old = std::signal(SIGUSR1, [](int) { seen = 1; });
+  {
+    StopSignals run;
+    std::raise(SIGUSR1);  // during start-up
+    {
+      StopSignals training;
+      EXPECT_EQ(training.received(), SIGUSR1);
+    }
+    std::raise(SIGTERM);  // after the last step: would kill the test without the outer handler
+    EXPECT_EQ(run.received(), SIGUSR1);
+  }
+  {
+    StopSignals fresh;  // a new outermost guard starts clear
+    EXPECT_EQ(fresh.received(), 0);
+  }
+  EXPECT_EQ(seen, 0);
+  std::raise(SIGUSR1);
+  EXPECT_EQ(seen, 1);
+  std::signal(SIGUSR1, old);
+}
+
 // Under mpirun: a signal on the last rank alone stops every rank.
 TEST(Ranks, ASignalOnOneRankIsSeenByAll) {
   StopSignals signals;

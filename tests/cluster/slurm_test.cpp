@@ -171,9 +171,10 @@ TEST_F(Slurm, SubmittedTwoRankJobCompletesAndStatusShowsIt) {
 // to the ranks, and `scancel -b --signal=USR1` to the batch shell (what
 // --signal=B:USR1@grace does before the time limit), which passes it on.
 // The tiny model trains ~150 steps/s on an idle machine: enough steps that
-// each start is still running when its signal has travelled through SLURM.
+// each start is still running when its signal has travelled through SLURM
+// (seconds under load: 400 steps were not always enough).
 TEST_F(Slurm, PreemptedJobCheckpointsRequeuesResumesAndEndsBitIdentical) {
-  constexpr int kPreemptSteps = 400;
+  constexpr int kPreemptSteps = 1000;
   const auto expected = reference(1000, kPreemptSteps);
   const auto id = submit("preempted", 1000, kPreemptSteps);
   const auto run = run_dir("preempted");

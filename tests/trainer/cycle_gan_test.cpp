@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <random>
 #include <torch/torch.h>
 
@@ -125,6 +127,61 @@ TEST(CycleGANStep, SampleColumnsAreTheTranslationsAndTheirRoundTrips) {
   EXPECT_TRUE(torch::allclose(columns[2], gan.g_b->forward(gan.g_a->forward(a))));
   EXPECT_TRUE(torch::equal(columns[3], b));
   EXPECT_TRUE(torch::allclose(columns[4], gan.g_b->forward(b)));
+}
+
+// snapshot() copies the state now and serialises it on the checkpoint's
+// writer thread, later: its files must hold the moment of the snapshot, not
+// the state after the steps that ran meanwhile. A twin that took the same
+// first step and no second one is that moment.
+TEST(CycleGANSnapshot, FilesHoldTheStateOfTheMomentTheyWereTaken) {
+  const auto config = tiny_cyclegan();
+  const auto dir = fs::temp_directory_path() / ("atelier-snapshot-" + std::to_string(std::random_device{}()));
+  const auto write_all = [](const fs::path& to, const std::vector<checkpoint::StateFile>& files) {
+    fs::create_directories(to);
+    for (const auto& f : files) {
+      const auto bytes = f.produce ? f.produce() : f.bytes;
+      std::ofstream(to / f.name, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    }
+  };
+  const auto a = torch::rand({2, 3, 32, 32}) * 2 - 1;
+  const auto b = torch::rand({2, 3, 32, 32}) * 2 - 1;
+  torch::manual_seed(5);
+  CycleGAN gan(config);
+  torch::manual_seed(5);
+  CycleGAN twin(config);
+  for (auto* model : {&gan, &twin}) {
+    torch::manual_seed(7);  // the pools draw from the global generator
+    model->step(a, b, 1.0);  // the optimisers have moments now
+  }
+  const auto copies = gan.snapshot();
+  gan.step(b, a, 1.0);  // moves every network and both optimisers on
+  write_all(dir / "copied", copies);
+  write_all(dir / "twin", twin.snapshot());
+  write_all(dir / "rank-0", twin.snapshot_own());
+
+  std::ostringstream generator_now;
+  torch::save(twin.g_a, generator_now);
+  EXPECT_EQ(copies[0].name, "generator_a.pt");
+  ASSERT_TRUE(copies[0].produce);
+  EXPECT_TRUE(copies[0].produce() == generator_now.str()) << "a module's bytes are torch::save's of that moment";
+  // Both resume to the same state: one more step from each ends
+  // bit-identical (Adam's moments and step counts included).
+  std::vector<std::vector<torch::Tensor>> after;
+  for (const char* which : {"copied", "twin"}) {
+    torch::manual_seed(9);
+    CycleGAN resumed(config);
+    resumed.load(dir / which, dir / "rank-0");
+    torch::manual_seed(11);
+    resumed.step(a, b, 1.0);
+    after.emplace_back();
+    for (const auto& t : resumed.state_tensors()) after.back().push_back(t.detach().clone());
+  }
+  ASSERT_EQ(after[0].size(), after[1].size());
+  for (size_t i = 0; i < after[0].size(); ++i) EXPECT_TRUE(torch::equal(after[0][i], after[1][i])) << i;
+  std::vector<torch::Tensor> moved;
+  for (const auto& t : gan.state_tensors()) moved.push_back(t.detach().clone());
+  EXPECT_FALSE(torch::equal(moved[0], twin.state_tensors()[0])) << "the second step must have moved gan on";
+  fs::remove_all(dir);
 }
 
 class CycleGANRun : public ::testing::Test {
