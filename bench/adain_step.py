@@ -10,12 +10,12 @@ with Debian's python3-torch, which runs the same LibTorch kernels as the C++
 build. Prints one line: "python median_ms=<ms> steps=<n>".
 """
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from step_timing import report_median_step
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -123,12 +123,7 @@ def main():
         with torch.autograd.profiler.profile() as prof:
             step()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-    times = []
-    for _ in range(a.steps):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1000)
-    print(f"python median_ms={statistics.median(times):.3f} steps={a.steps}")
+    report_median_step(step, a.steps)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,14 @@ same LibTorch kernels as the C++ build. Prints one line:
 import argparse
 import os
 import random
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import atelier_models  # noqa: E402
+from step_timing import report_median_step  # noqa: E402
 
 
 class ImagePool:
@@ -103,12 +102,7 @@ def main():
 
     for _ in range(a.warmup):
         step()
-    times = []
-    for _ in range(a.steps):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1000)
-    print(f"python median_ms={statistics.median(times):.3f} steps={a.steps}")
+    report_median_step(step, a.steps)
 
 
 if __name__ == "__main__":
