@@ -69,10 +69,11 @@ std::unique_ptr<torch::optim::AdamParamState> copy_state(const torch::optim::Ada
   return to;
 }
 
-// Adam's parameter groups (copied parameters, their options) and the state
-// of each copied parameter that has one.
+// Adam's parameter groups (their options) and the state of each parameter
+// that has one. The parameters' values are not copied: an optimiser's file
+// names its parameters by key and position only (the modules' files hold the
+// values), so the writer rebuilds the groups around placeholders.
 struct AdamCopy {
-  std::vector<std::vector<torch::Tensor>> parameters;
   std::vector<std::unique_ptr<torch::optim::OptimizerOptions>> options;
   std::vector<std::vector<std::unique_ptr<torch::optim::AdamParamState>>> states;  // null: no state yet
 };
@@ -93,11 +94,9 @@ checkpoint::StateFile copied(const std::string& name, const torch::nn::Module& m
 checkpoint::StateFile copied(const std::string& name, const torch::optim::Adam& optimizer) {
   auto copy = std::make_shared<AdamCopy>();
   for (const auto& group : optimizer.param_groups()) {
-    copy->parameters.emplace_back();
-    copy->states.emplace_back();
     copy->options.push_back(group.options().clone());
+    copy->states.emplace_back();
     for (const auto& p : group.params()) {
-      copy->parameters.back().push_back(copy_of(p));
       const auto found = optimizer.state().find(state_key(p));
       copy->states.back().push_back(
           found == optimizer.state().end()
@@ -108,12 +107,17 @@ checkpoint::StateFile copied(const std::string& name, const torch::optim::Adam& 
   checkpoint::StateFile file{name, {}, {}};
   file.produce = [copy] {
     std::vector<torch::optim::OptimizerParamGroup> groups;
-    for (size_t g = 0; g < copy->parameters.size(); ++g)
-      groups.emplace_back(copy->parameters[g], copy->options[g]->clone());
+    for (size_t g = 0; g < copy->states.size(); ++g) {
+      std::vector<torch::Tensor> placeholders;
+      for (size_t i = 0; i < copy->states[g].size(); ++i) placeholders.push_back(torch::empty({0}));
+      groups.emplace_back(std::move(placeholders), copy->options[g]->clone());
+    }
     torch::optim::Adam shadow(std::move(groups));
-    for (size_t g = 0; g < copy->parameters.size(); ++g)
-      for (size_t i = 0; i < copy->parameters[g].size(); ++i)
-        if (copy->states[g][i]) shadow.state()[state_key(copy->parameters[g][i])] = copy_state(*copy->states[g][i]);
+    for (size_t g = 0; g < copy->states.size(); ++g)
+      for (size_t i = 0; i < copy->states[g].size(); ++i)
+        if (const auto& state = copy->states[g][i])  // a private copy: the shadow may share its tensors
+          shadow.state()[state_key(shadow.param_groups()[g].params()[i])] =
+              static_cast<const torch::optim::OptimizerParamState&>(*state).clone();
     torch::serialize::OutputArchive archive(std::make_shared<torch::jit::CompilationUnit>());
     shadow.save(archive);
     return bytes_of(archive);
