@@ -1,34 +1,7 @@
-#include <sstream>
-
 #include "trainer/adain_gan.h"
-#include "trainer/cycle_gan.h"
 
 namespace atelier::trainer {
 namespace fs = std::filesystem;
-
-namespace {
-
-void clip(const std::vector<torch::Tensor>& parameters, double max_norm) {
-  if (max_norm > 0) torch::nn::utils::clip_grad_norm_(parameters, max_norm);
-}
-
-}  // namespace
-
-double lr_factor(const OptimConfig& optim, int64_t step, int64_t total) {
-  if (optim.schedule == Schedule::Constant || step < optim.decay_start) return 1.0;
-  // Linear decay from 1 at decay_start to 0 after the last step, as in
-  // CycleGAN's "linear" policy.
-  const double span = static_cast<double>(total - optim.decay_start);
-  return std::max(0.0, 1.0 - static_cast<double>(step - optim.decay_start) / span);
-}
-
-torch::optim::AdamOptions adam_options(double lr, const OptimConfig& optim) {
-  return torch::optim::AdamOptions(lr).betas(std::make_tuple(optim.beta1, optim.beta2)).eps(optim.eps);
-}
-
-void set_adam_lr(torch::optim::Adam& optimizer, double lr) {
-  for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-}
 
 AdaINGAN::AdaINGAN(const Config& config, std::shared_ptr<comm::Communicator> comm)
     : config_(config), comm_(std::move(comm)) {
@@ -46,13 +19,7 @@ AdaINGAN::AdaINGAN(const Config& config, std::shared_ptr<comm::Communicator> com
 }
 
 std::vector<torch::Tensor> AdaINGAN::state_tensors() {
-  std::vector<torch::Tensor> out;
-  for (const auto* module : {static_cast<torch::nn::Module*>(generator.get()),
-                             static_cast<torch::nn::Module*>(discriminator.get())}) {
-    for (const auto& p : module->parameters()) out.push_back(p);
-    for (const auto& b : module->buffers()) out.push_back(b);
-  }
-  return out;
+  return parameters_and_buffers({generator.get(), discriminator.get()});
 }
 
 void AdaINGAN::sync_replicas() {
@@ -86,7 +53,7 @@ StepLosses AdaINGAN::step(const torch::Tensor& content, const torch::Tensor& sty
   // The average over ranks replaces this rank's gradient before clipping,
   // so every replica clips and steps identically.
   if (reducer_d_) reducer_d_->finalize();
-  clip(discriminator->parameters(), config_.optim.grad_clip);
+  clip_gradients(discriminator->parameters(), config_.optim.grad_clip);
   optimizer_d_->step();
 
   // Generator: fool D, keep the content, match the style statistics.
@@ -103,7 +70,7 @@ StepLosses AdaINGAN::step(const torch::Tensor& content, const torch::Tensor& sty
   if (reducer_g_) reducer_g_->prepare();
   loss_g.backward();
   if (reducer_g_) reducer_g_->finalize();
-  clip(generator->trainable_parameters(), config_.optim.grad_clip);
+  clip_gradients(generator->trainable_parameters(), config_.optim.grad_clip);
   optimizer_g_->step();
 
   return {loss_d.item<double>(),
@@ -136,12 +103,6 @@ void AdaINGAN::load(const fs::path& dir, const fs::path& /*rank_dir*/) {
   torch::load(discriminator, (dir / "discriminator.pt").string());
   torch::load(*optimizer_g_, (dir / "optimizer_g.pt").string());
   torch::load(*optimizer_d_, (dir / "optimizer_d.pt").string());
-}
-
-std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm::Communicator> comm) {
-  if (config.model.family == "adain") return std::make_unique<AdaINGAN>(config, std::move(comm));
-  if (config.model.family == "cyclegan") return std::make_unique<CycleGAN>(config, std::move(comm));
-  throw TrainError("model.family '" + config.model.family + "' is not built (allowed: adain, cyclegan)");
 }
 
 }  // namespace atelier::trainer

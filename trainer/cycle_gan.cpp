@@ -11,10 +11,6 @@ std::vector<torch::Tensor> joined(const torch::nn::Module& a, const torch::nn::M
   return out;
 }
 
-void clip(const std::vector<torch::Tensor>& parameters, double max_norm) {
-  if (max_norm > 0) torch::nn::utils::clip_grad_norm_(parameters, max_norm);
-}
-
 // The reference halves each discriminator's loss "so D learns slower than G";
 // discriminator_loss already returns 0.5 * (real term + fake term).
 torch::Tensor judge(models::PatchDiscriminator& d, models::Adversarial kind, const torch::Tensor& real,
@@ -44,15 +40,9 @@ CycleGAN::CycleGAN(const Config& config, std::shared_ptr<comm::Communicator> com
 std::vector<torch::Tensor> CycleGAN::generator_parameters() const { return joined(*g_a, *g_b); }
 std::vector<torch::Tensor> CycleGAN::discriminator_parameters() const { return joined(*d_a, *d_b); }
 
-std::vector<torch::Tensor> CycleGAN::state_tensors() {
-  std::vector<torch::Tensor> out;
-  for (const auto* module : {static_cast<torch::nn::Module*>(g_a.get()), static_cast<torch::nn::Module*>(g_b.get()),
-                             static_cast<torch::nn::Module*>(d_a.get()), static_cast<torch::nn::Module*>(d_b.get())}) {
-    for (const auto& p : module->parameters()) out.push_back(p);
-    for (const auto& b : module->buffers()) out.push_back(b);
-  }
-  return out;
-}
+std::vector<torch::nn::Module*> CycleGAN::networks() { return {g_a.get(), g_b.get(), d_a.get(), d_b.get()}; }
+
+std::vector<torch::Tensor> CycleGAN::state_tensors() { return parameters_and_buffers(networks()); }
 
 void CycleGAN::sync_replicas() {
   if (comm_ && comm_->world_size() > 1) comm::broadcast_from_rank0(*comm_, state_tensors());
@@ -68,9 +58,7 @@ StepLosses CycleGAN::step(const torch::Tensor& real_a, const torch::Tensor& real
   const auto& loss = config_.loss;
   set_adam_lr(*optimizer_g_, config_.optim.lr_g * lr_scale);
   set_adam_lr(*optimizer_d_, config_.optim.lr_d * lr_scale);
-  for (auto* m : {static_cast<torch::nn::Module*>(g_a.get()), static_cast<torch::nn::Module*>(g_b.get()),
-                  static_cast<torch::nn::Module*>(d_a.get()), static_cast<torch::nn::Module*>(d_b.get())})
-    m->train();
+  for (auto* network : networks()) network->train();
 
   const auto fake_b = g_a->forward(real_a);
   const auto rec_a = g_b->forward(fake_b);
@@ -97,7 +85,7 @@ StepLosses CycleGAN::step(const torch::Tensor& real_a, const torch::Tensor& real
   if (reducer_g_) reducer_g_->prepare();
   loss_g.backward();
   if (reducer_g_) reducer_g_->finalize();
-  clip(generator_parameters(), config_.optim.grad_clip);
+  clip_gradients(generator_parameters(), config_.optim.grad_clip);
   optimizer_g_->step();
   discriminators_require_grad(true);
 
@@ -111,7 +99,7 @@ StepLosses CycleGAN::step(const torch::Tensor& real_a, const torch::Tensor& real
   if (reducer_d_) reducer_d_->prepare();
   loss_d.backward();
   if (reducer_d_) reducer_d_->finalize();
-  clip(discriminator_parameters(), config_.optim.grad_clip);
+  clip_gradients(discriminator_parameters(), config_.optim.grad_clip);
   optimizer_d_->step();
 
   return {loss_d.item<double>(),

@@ -45,6 +45,7 @@ class CycleGAN : public GanModel {
   models::ImagePool pool_b;  // generated B images (G_A's), which D_A learns from
 
  private:
+  std::vector<torch::nn::Module*> networks();  // G_A, G_B, D_A, D_B
   std::vector<torch::Tensor> generator_parameters() const;
   std::vector<torch::Tensor> discriminator_parameters() const;
   void discriminators_require_grad(bool on);

@@ -60,8 +60,16 @@ std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm:
 // Sets Adam's learning rate of every group to `lr`.
 void set_adam_lr(torch::optim::Adam& optimizer, double lr);
 
-// Adam with the configured betas.
+// Adam with the configured betas and epsilon.
 torch::optim::AdamOptions adam_options(double lr, const OptimConfig& optim);
+
+// optim.grad_clip: scales the gradients of `parameters` to a global norm of
+// at most `max_norm`; 0 leaves them alone.
+void clip_gradients(const std::vector<torch::Tensor>& parameters, double max_norm);
+
+// Every parameter, then every buffer, of each network in turn: what
+// replicas must agree on (state_tensors).
+std::vector<torch::Tensor> parameters_and_buffers(const std::vector<torch::nn::Module*>& networks);
 
 // A copy of a module's or an Adam optimiser's state, taken now; the file's
 // bytes (those torch::save would write now) are made on the checkpoint's
