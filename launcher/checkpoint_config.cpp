@@ -30,15 +30,17 @@ trainer::Config checkpoint_config(const fs::path& checkpoint_dir) {
 
 namespace {
 
-// The checkpoint must hold `family`, verify, and its `file` must load into
-// `generator`, which is then returned in eval mode.
-template <typename Generator>
-Generator load_verified(const fs::path& checkpoint_dir, const trainer::Config& config, const std::string& family,
-                        const std::string& file, Generator generator) {
+// The checkpoint must hold a `family` model and verify.
+void check_verified(const fs::path& checkpoint_dir, const trainer::Config& config, const std::string& family) {
   if (config.model.family != family)
     throw std::runtime_error("checkpoint '" + checkpoint_dir.string() + "' holds a model.family '" +
                              config.model.family + "' model, not " + family);
   checkpoint::verify(checkpoint_dir);
+}
+
+// `generator` with the checkpoint's `file` loaded into it, in eval mode.
+template <typename Generator>
+Generator loaded(const fs::path& checkpoint_dir, const std::string& file, Generator generator) {
   const fs::path path = checkpoint_dir / file;
   try {
     torch::load(generator, path.string());
@@ -49,19 +51,30 @@ Generator load_verified(const fs::path& checkpoint_dir, const trainer::Config& c
   return generator;
 }
 
+// G_A translates A (content) to B (style); G_B the other way.
+const char* cyclegan_file(const std::string& direction) {
+  return direction == "a2b" ? "generator_a.pt" : "generator_b.pt";
+}
+
 }  // namespace
 
 models::AdaINGenerator load_generator(const fs::path& checkpoint_dir, const trainer::Config& config) {
-  return load_verified(checkpoint_dir, config, "adain", "generator.pt", models::AdaINGenerator(config.model.generator));
+  check_verified(checkpoint_dir, config, "adain");
+  return loaded(checkpoint_dir, "generator.pt", models::AdaINGenerator(config.model.generator));
 }
 
 models::ResnetGenerator load_cyclegan_generator(const fs::path& checkpoint_dir, const trainer::Config& config,
                                                 const std::string& direction) {
   if (direction != "a2b" && direction != "b2a")
     throw ConfigError("--direction: unknown value '" + direction + "' (allowed: a2b, b2a)");
-  // G_A translates A (content) to B (style); G_B the other way.
-  return load_verified(checkpoint_dir, config, "cyclegan", direction == "a2b" ? "generator_a.pt" : "generator_b.pt",
-                       models::ResnetGenerator(config.model.resnet));
+  check_verified(checkpoint_dir, config, "cyclegan");
+  return loaded(checkpoint_dir, cyclegan_file(direction), models::ResnetGenerator(config.model.resnet));
+}
+
+CycleGANGenerators load_cyclegan_generators(const fs::path& checkpoint_dir, const trainer::Config& config) {
+  check_verified(checkpoint_dir, config, "cyclegan");
+  return {loaded(checkpoint_dir, cyclegan_file("a2b"), models::ResnetGenerator(config.model.resnet)),
+          loaded(checkpoint_dir, cyclegan_file("b2a"), models::ResnetGenerator(config.model.resnet))};
 }
 
 }  // namespace atelier::launcher

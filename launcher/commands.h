@@ -49,6 +49,14 @@ models::AdaINGenerator load_generator(const std::filesystem::path& checkpoint_di
 models::ResnetGenerator load_cyclegan_generator(const std::filesystem::path& checkpoint_dir,
                                                 const trainer::Config& config, const std::string& direction);
 
+// Both of a cyclegan checkpoint's generators, the checkpoint verified once.
+struct CycleGANGenerators {
+  models::ResnetGenerator a2b;
+  models::ResnetGenerator b2a;
+};
+CycleGANGenerators load_cyclegan_generators(const std::filesystem::path& checkpoint_dir,
+                                            const trainer::Config& config);
+
 // --config FILE and repeatable --set KEY=VALUE, the same on every command
 // that builds a training configuration.
 void add_config_options(CLI::App& cmd, std::string& config_path, std::vector<std::string>& overrides);

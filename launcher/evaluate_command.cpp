@@ -208,10 +208,9 @@ int run_evaluate(const EvaluateArgs& args) {
     encoder_options.weights_path = args.vgg_weights;
     if (!args.vgg_weights.empty()) encoder_options.width = 64;
     models::VGGEncoder loss_network(encoder_options);
-    auto a2b = load_cyclegan_generator(dir, config, "a2b");
-    auto b2a = load_cyclegan_generator(dir, config, "b2a");
+    auto generators = load_cyclegan_generators(dir, config);
     options.imagenet_weights = !args.vgg_weights.empty();
-    result = evaluate::evaluate(a2b, b2a, loss_network, set, *comm, options);
+    result = evaluate::evaluate(generators.a2b, generators.b2a, loss_network, set, *comm, options);
   } else {
     if (!args.vgg_weights.empty())
       throw ConfigError("--vgg-weights: an adain checkpoint measures with its own encoder; leave the option out");
