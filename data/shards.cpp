@@ -88,13 +88,6 @@ uint64_t get_le(const unsigned char* p, int bytes) {
   return v;
 }
 
-bool read_whole(const fs::path& path, std::vector<unsigned char>& bytes) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return false;
-  bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  return static_cast<bool>(in) || in.eof();
-}
-
 // What identifies the input: every image's relative path, size and
 // modification time. Equal fingerprints make a re-run a no-op.
 nlohmann::json input_fingerprint(const fs::path& input, const std::vector<std::string>& files) {
@@ -216,9 +209,9 @@ ShardReport write_shards(const ShardOptions& options) {
   std::vector<std::string> corrupt;
   for (const auto& file : files) {
     std::vector<unsigned char> bytes;
-    std::string why = "cannot read file";
+    std::string why;
     cv::Mat rgb;
-    if (read_whole(file, bytes)) rgb = detail::decode_rgb(bytes, why);
+    if (detail::read_bytes(file, bytes, why)) rgb = detail::decode_rgb(bytes, why);
     if (rgb.empty() || bytes.size() > static_cast<size_t>(kMaxImageBytes)) {
       if (!rgb.empty()) why = "larger than " + std::to_string(kMaxImageBytes) + " bytes";
       spdlog::warn("leaving out {}: {}", file, why);
