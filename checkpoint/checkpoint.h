@@ -114,7 +114,7 @@ std::string atelier_version();
 // part (any rank) aborts the checkpoint: the staging directory goes, the
 // previous checkpoints stay as they were.
 
-// One file of a checkpoint, already serialised in host memory.
+// One file of a checkpoint: its bytes in host memory, or a way to make them.
 struct StateFile {
   std::string name;   // relative path inside the checkpoint (or rank-<r>/)
   std::string bytes;  // the file's content, unless `produce` is set

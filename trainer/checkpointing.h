@@ -6,8 +6,9 @@
 // cursor, learning-rate factor, world size) and config.yaml, so tools can
 // rebuild the networks from the checkpoint alone. Per rank, under
 // rank-<r>/: rng.pt (the CPU generator), state.json (that rank's data
-// cursor) and what the model keeps per rank (CycleGAN's history pools). Resume restores each rank's own files, so every rank continues
-// exactly where it stopped.
+// cursor) and what the model keeps per rank (CycleGAN's history pools).
+// Resume restores each rank's own files, so every rank continues exactly
+// where it stopped.
 #pragma once
 
 #include <filesystem>
@@ -33,8 +34,8 @@ struct RunConfigText {
 
 std::string config_hash(const std::string& resolved_yaml);
 
-// This rank's SaveRequest at `position`: copies of every tensor into
-// serialised host memory, so training may go on while it is written.
+// This rank's SaveRequest at `position`: copies of every tensor, serialised
+// and written by the checkpoint's writer thread while training goes on.
 checkpoint::SaveRequest checkpoint_request(GanModel& gan, const RunPosition& position, int world_size,
                                            const RunConfigText& config, double lr_factor);
 

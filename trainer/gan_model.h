@@ -41,8 +41,8 @@ class GanModel {
   virtual std::vector<torch::Tensor> sample_columns(const torch::Tensor& content, const torch::Tensor& style) = 0;
   virtual std::string sample_tag() const = 0;
 
-  // Checkpoint state serialised in memory: `shared` is replicated (written
-  // once, by rank 0), `own` is this rank's alone (under rank-<r>/).
+  // Checkpoint state, copied now: `shared` is replicated (written once, by
+  // rank 0), `own` is this rank's alone (under rank-<r>/).
   virtual std::vector<checkpoint::StateFile> snapshot() = 0;
   virtual std::vector<checkpoint::StateFile> snapshot_own() { return {}; }
   // Reads them back: `dir` the checkpoint, `rank_dir` this rank's part.
