@@ -4,6 +4,7 @@
 # this run and interleaved (C++, Python, C++, Python, ...) so machine noise
 # hits both.
 # Usage: bench/compare_step.sh adain|cyclegan [build-dir] [options of bench_<family>_step]
+# PY_ARGS: extra options for the Python side only (e.g. PY_ARGS="--transposed-conv conv-gradient").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 family=${1:?usage: bench/compare_step.sh adain|cyclegan [build-dir] [options]}
@@ -15,9 +16,10 @@ rounds=${ROUNDS:-3}
 cpp=(); py=()
 for _ in $(seq "$rounds"); do
   cpp+=("$("$build/bench/bench_${family}_step" "$@" | sed -n 's/.*median_ms=\([0-9.]*\).*/\1/p')")
-  py+=("$(/usr/bin/python3 "bench/${family}_step.py" "$@" | sed -n 's/.*median_ms=\([0-9.]*\).*/\1/p')")
+  # shellcheck disable=SC2086  # PY_ARGS is a list of words
+  py+=("$(/usr/bin/python3 "bench/${family}_step.py" "$@" ${PY_ARGS:-} | sed -n 's/.*median_ms=\([0-9.]*\).*/\1/p')")
 done
-/usr/bin/python3 - "${cpp[*]}" "${py[*]}" "$family $*" <<'PY'
+/usr/bin/python3 - "${cpp[*]}" "${py[*]}" "$family $* ${PY_ARGS:+(python: $PY_ARGS)}" <<'PY'
 import statistics, sys
 cpp = [float(x) for x in sys.argv[1].split()]
 py = [float(x) for x in sys.argv[2].split()]

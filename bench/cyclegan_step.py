@@ -9,6 +9,11 @@ D_B on images from 50-image pools, Adam 2e-4 (0.5, 0.999), on random images.
 Run by bench/compare_step.sh with Debian's python3-torch, which runs the
 same LibTorch kernels as the C++ build. Prints one line:
 "python median_ms=<ms> steps=<n>".
+
+--transposed-conv conv-gradient computes the generators' ConvTranspose2d
+layers the way atelier's C++ TransposedConv2d does (as the input gradient
+of the convolution they undo, models/transposed_conv.cpp) instead of
+torch's own CPU kernel: the baseline for what the language alone is worth.
 """
 import argparse
 import os
@@ -45,6 +50,46 @@ class ImagePool:
         return torch.cat(out, 0)
 
 
+class ConvGradientTranspose(torch.autograd.Function):
+    """conv_transpose2d(x, w) as the input gradient of conv2d(., w), as in models/transposed_conv.cpp."""
+
+    @staticmethod
+    def forward(ctx, x, w, out_size, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, w)
+        ctx.geometry = (stride, padding, dilation, groups)
+        return torch.ops.aten.convolution_backward(x.contiguous(), x.new_empty(out_size), w, None, stride, padding,
+                                                   dilation, False, [0, 0], groups, [True, False, False])[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.geometry
+        grad = grad.contiguous()
+        gx = F.conv2d(grad, w, None, stride, padding, dilation, groups) if ctx.needs_input_grad[0] else None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            gw = torch.ops.aten.convolution_backward(x.contiguous(), grad, w, None, stride, padding, dilation, False,
+                                                     [0, 0], groups, [False, True, False])[1]
+        return gx, gw, None, None, None, None, None
+
+
+def use_conv_gradient(module):
+    """Makes every ConvTranspose2d in `module` compute through ConvGradientTranspose."""
+    for layer in module.modules():
+        if not isinstance(layer, torch.nn.ConvTranspose2d):
+            continue
+
+        def forward(x, layer=layer):
+            out_size = [x.shape[0], layer.out_channels] + [
+                (x.shape[2 + i] - 1) * layer.stride[i] - 2 * layer.padding[i] +
+                layer.dilation[i] * (layer.kernel_size[i] - 1) + layer.output_padding[i] + 1 for i in range(2)]
+            y = ConvGradientTranspose.apply(x, layer.weight, out_size, list(layer.stride), list(layer.padding),
+                                            list(layer.dilation), layer.groups)
+            return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
+
+        layer.forward = forward
+
+
 def lsgan(logits, real):
     return F.mse_loss(logits, torch.full_like(logits, 1.0 if real else 0.0))
 
@@ -58,12 +103,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--transposed-conv", choices=["torch", "conv-gradient"], default="torch")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     random.seed(0)
     g_a, g_b = atelier_models.ResnetGenerator(a.width, a.blocks), atelier_models.ResnetGenerator(a.width, a.blocks)
     d_a, d_b = atelier_models.PatchDiscriminator(a.width), atelier_models.PatchDiscriminator(a.width)
+    if a.transposed_conv == "conv-gradient":
+        use_conv_gradient(g_a)
+        use_conv_gradient(g_b)
     opt_g = torch.optim.Adam(list(g_a.parameters()) + list(g_b.parameters()), 2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(list(d_a.parameters()) + list(d_b.parameters()), 2e-4, betas=(0.5, 0.999))
     pool_a, pool_b = ImagePool(50), ImagePool(50)

@@ -159,6 +159,25 @@ TORCH_MODULE(PatchDiscriminator);
 // (batch norm: weight normal(1, std)), the reference's init_weights('normal').
 void init_normal(torch::nn::Module& module, double std);
 
+// torch::nn::ConvTranspose2d with the same parameters ("weight" [in, out /
+// groups, kH, kW], "bias"), the same default initialisation and the same
+// results up to float rounding, computed on CPU as the input gradient of the
+// convolution it undoes (its backward: that convolution, and its weight
+// gradient). LibTorch 1.13's CPU ConvTranspose2d runs an im2col path that is
+// ~50x slower than oneDNN's convolutions at CycleGAN's sizes
+// (bench/RESULTS.md). Off the CPU it calls torch's conv_transpose2d. Zero
+// padding only (throws ModelError otherwise).
+struct TransposedConv2dImpl : torch::nn::Cloneable<TransposedConv2dImpl> {
+  explicit TransposedConv2dImpl(torch::nn::ConvTranspose2dOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  torch::Tensor forward(const torch::Tensor& input);
+
+  torch::nn::ConvTranspose2dOptions options;
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(TransposedConv2d);
+
 // x + (reflect-pad, 3x3 conv, norm, ReLU, [dropout 0.5], reflect-pad, 3x3 conv, norm)(x)
 struct ResnetBlockImpl : torch::nn::Module {
   ResnetBlockImpl(int64_t channels, Norm norm, bool dropout);

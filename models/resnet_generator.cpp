@@ -52,7 +52,7 @@ ResnetGeneratorImpl::ResnetGeneratorImpl(const ResnetGeneratorOptions& options_)
   // u2w, uw: fractionally strided convs that exactly undo the downsampling
   for (int64_t i = 2; i > 0; --i) {
     const int64_t in = w << i;
-    layers->push_back(torch::nn::ConvTranspose2d(torch::nn::ConvTranspose2dOptions(in, in / 2, 3)
+    layers->push_back(TransposedConv2d(torch::nn::ConvTranspose2dOptions(in, in / 2, 3)
                                                      .stride(2)
                                                      .padding(1)
                                                      .output_padding(1)
@@ -81,7 +81,7 @@ void init_normal(torch::nn::Module& module, double std) {
     if (auto* c = child->as<torch::nn::Conv2d>()) {
       c->weight.normal_(0.0, std);
       if (c->bias.defined()) c->bias.zero_();
-    } else if (auto* t = child->as<torch::nn::ConvTranspose2d>()) {
+    } else if (auto* t = child->as<TransposedConv2d>()) {
       t->weight.normal_(0.0, std);
       if (t->bias.defined()) t->bias.zero_();
     } else if (auto* b = child->as<torch::nn::BatchNorm2d>()) {
