@@ -14,7 +14,11 @@ same LibTorch kernels as the C++ build. Prints one line:
 layers the way atelier's C++ TransposedConv2d does (as the input gradient
 of the convolution they undo, models/transposed_conv.cpp) instead of
 torch's own CPU kernel: the baseline for what the language alone is worth.
+--precision bf16 runs the forward passes under torch.autocast to bfloat16
+and --channels-last keeps weights and images NHWC, as atelier's
+train.precision and train.channels_last do.
 """
+import contextlib
 import argparse
 import os
 import random
@@ -55,22 +59,32 @@ class ConvGradientTranspose(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, out_size, stride, padding, dilation, groups):
+        x = dense(x)
         ctx.save_for_backward(x, w)
         ctx.geometry = (stride, padding, dilation, groups)
-        return torch.ops.aten.convolution_backward(x.contiguous(), x.new_empty(out_size), w, None, stride, padding,
+        like_output = torch.empty(out_size, dtype=x.dtype, memory_format=memory_format(x))
+        return torch.ops.aten.convolution_backward(x, like_output, w, None, stride, padding,
                                                    dilation, False, [0, 0], groups, [True, False, False])[0]
 
     @staticmethod
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.geometry
-        grad = grad.contiguous()
+        grad = dense(grad)
         gx = F.conv2d(grad, w, None, stride, padding, dilation, groups) if ctx.needs_input_grad[0] else None
         gw = None
         if ctx.needs_input_grad[1]:
-            gw = torch.ops.aten.convolution_backward(x.contiguous(), grad, w, None, stride, padding, dilation, False,
+            gw = torch.ops.aten.convolution_backward(x, grad, w, None, stride, padding, dilation, False,
                                                      [0, 0], groups, [False, True, False])[1]
         return gx, gw, None, None, None, None, None
+
+
+def memory_format(x):
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def dense(x):
+    return x.contiguous(memory_format=memory_format(x))
 
 
 def use_conv_gradient(module):
@@ -83,9 +97,13 @@ def use_conv_gradient(module):
             out_size = [x.shape[0], layer.out_channels] + [
                 (x.shape[2 + i] - 1) * layer.stride[i] - 2 * layer.padding[i] +
                 layer.dilation[i] * (layer.kernel_size[i] - 1) + layer.output_padding[i] + 1 for i in range(2)]
-            y = ConvGradientTranspose.apply(x, layer.weight, out_size, list(layer.stride), list(layer.padding),
+            w, b = layer.weight, layer.bias
+            if torch.is_autocast_cpu_enabled():  # as autocast treats conv_transpose2d
+                low = torch.get_autocast_cpu_dtype()
+                x, w, b = x.to(low), w.to(low), None if b is None else b.to(low)
+            y = ConvGradientTranspose.apply(x, w, out_size, list(layer.stride), list(layer.padding),
                                             list(layer.dilation), layer.groups)
-            return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
+            return y if b is None else y + b.view(1, -1, 1, 1)
 
         layer.forward = forward
 
@@ -104,6 +122,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--transposed-conv", choices=["torch", "conv-gradient"], default="torch")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--channels-last", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -118,6 +138,16 @@ def main():
     pool_a, pool_b = ImagePool(50), ImagePool(50)
     real_a = torch.rand(a.batch, 3, a.size, a.size) * 2 - 1
     real_b = torch.rand(a.batch, 3, a.size, a.size) * 2 - 1
+    if a.channels_last:
+        for net in (g_a, g_b, d_a, d_b):
+            net.to(memory_format=torch.channels_last)
+        real_a, real_b = (x.contiguous(memory_format=torch.channels_last) for x in (real_a, real_b))
+
+    def forward_passes():
+        if a.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     lam, lam_idt = 10.0, 5.0
 
     def set_requires_grad(nets, on):
@@ -126,25 +156,28 @@ def main():
                 p.requires_grad = on
 
     def step():
-        fake_b = g_a(real_a)
-        rec_a = g_b(fake_b)
-        fake_a = g_b(real_b)
-        rec_b = g_a(fake_a)
         set_requires_grad([d_a, d_b], False)
         opt_g.zero_grad()
-        idt_a = F.l1_loss(g_a(real_b), real_b) * lam_idt
-        idt_b = F.l1_loss(g_b(real_a), real_a) * lam_idt
-        loss_g = (lsgan(d_a(fake_b), True) + lsgan(d_b(fake_a), True) + F.l1_loss(rec_a, real_a) * lam +
-                  F.l1_loss(rec_b, real_b) * lam + idt_a + idt_b)
+        with forward_passes():
+            fake_b = g_a(real_a)
+            rec_a = g_b(fake_b)
+            fake_a = g_b(real_b)
+            rec_b = g_a(fake_a)
+            idt_a = F.l1_loss(g_a(real_b), real_b) * lam_idt
+            idt_b = F.l1_loss(g_b(real_a), real_a) * lam_idt
+            loss_g = (lsgan(d_a(fake_b), True) + lsgan(d_b(fake_a), True) + F.l1_loss(rec_a, real_a) * lam +
+                      F.l1_loss(rec_b, real_b) * lam + idt_a + idt_b)
         loss_g.backward()
         opt_g.step()
         set_requires_grad([d_a, d_b], True)
         opt_d.zero_grad()
-        pooled_b = pool_b.query(fake_b)
-        loss_d_a = 0.5 * (lsgan(d_a(real_b), True) + lsgan(d_a(pooled_b.detach()), False))
+        with forward_passes():
+            pooled_b = pool_b.query(fake_b)
+            loss_d_a = 0.5 * (lsgan(d_a(real_b), True) + lsgan(d_a(pooled_b.detach()), False))
         loss_d_a.backward()
-        pooled_a = pool_a.query(fake_a)
-        loss_d_b = 0.5 * (lsgan(d_b(real_a), True) + lsgan(d_b(pooled_a.detach()), False))
+        with forward_passes():
+            pooled_a = pool_a.query(fake_a)
+            loss_d_b = 0.5 * (lsgan(d_b(real_a), True) + lsgan(d_b(pooled_a.detach()), False))
         loss_d_b.backward()
         opt_d.step()
         return loss_g.item() + loss_d_a.item() + loss_d_b.item()

@@ -6,12 +6,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <string>
 #include <vector>
 
-#include "trainer/cycle_gan.h"
+#include "trainer/gan_model.h"
 
 int main(int argc, char** argv) {
   int64_t width = 16, blocks = 6, size = 64, batch = 1, threads = 2, steps = 10, warmup = 2;
+  std::string precision = "fp32";
+  bool channels_last = false;
   CLI::App app{"CycleGAN training step benchmark (C++)"};
   app.add_option("--width", width, "generator and discriminator width (the paper: 64)");
   app.add_option("--blocks", blocks, "residual blocks (the paper: 6 at 128 px, 9 at 256 px)");
@@ -20,6 +23,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "intra-op threads");
   app.add_option("--steps", steps, "timed steps");
   app.add_option("--warmup", warmup, "untimed steps first");
+  app.add_option("--precision", precision, "fp32, or bf16 (autocast)")->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_flag("--channels-last", channels_last, "weights and images in NHWC memory order");
   CLI11_PARSE(app, argc, argv);
 
   torch::set_num_threads(static_cast<int>(threads));
@@ -29,7 +34,10 @@ int main(int argc, char** argv) {
   config.model.resnet = {width, blocks};
   config.model.discriminator.width = width;
   config.loss.adversarial = atelier::models::Adversarial::LSGAN;
-  atelier::trainer::CycleGAN gan(config);
+  config.train.precision = precision == "bf16" ? atelier::trainer::Precision::BF16 : atelier::trainer::Precision::FP32;
+  config.train.channels_last = channels_last;
+  const auto model = atelier::trainer::make_model(config, nullptr);
+  auto& gan = *model;
   const auto a = torch::rand({batch, 3, size, size}) * 2 - 1;
   const auto b = torch::rand({batch, 3, size, size}) * 2 - 1;
 

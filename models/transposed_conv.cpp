@@ -2,6 +2,8 @@
 // convolution it undoes, so that it runs on oneDNN's convolution kernels.
 #include "models/models.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <ostream>
 
 namespace atelier::models {
@@ -9,6 +11,10 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+// Contiguous in the image's own memory order (NCHW or channels-last), which
+// oneDNN then keeps.
+torch::Tensor dense(const torch::Tensor& t) { return t.contiguous(t.suggest_memory_format()); }
 
 // The convolution whose input gradient the transposed convolution is: same
 // weight, stride, padding, dilation and groups, mapping an output-sized
@@ -45,7 +51,8 @@ struct TransposedConvFunction : torch::autograd::Function<TransposedConvFunction
     ctx->saved_data["padding"] = geometry.padding;
     ctx->saved_data["dilation"] = geometry.dilation;
     ctx->saved_data["groups"] = geometry.groups;
-    return geometry.input_gradient(input.contiguous(), at::empty(output_size, input.options()), weight);
+    const auto like_output = at::empty(output_size, input.options().memory_format(input.suggest_memory_format()));
+    return geometry.input_gradient(dense(input), like_output, weight);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -54,10 +61,10 @@ struct TransposedConvFunction : torch::autograd::Function<TransposedConvFunction
     const auto& weight = saved[1];
     const Geometry geometry{ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
                             ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt()};
-    const auto grad = grads[0].contiguous();
+    const auto grad = dense(grads[0]);
     torch::Tensor grad_input, grad_weight;
     if (ctx->needs_input_grad(0)) grad_input = geometry.convolve(grad, weight);
-    if (ctx->needs_input_grad(1)) grad_weight = geometry.weight_gradient(input.contiguous(), grad, weight);
+    if (ctx->needs_input_grad(1)) grad_weight = geometry.weight_gradient(dense(input), grad, weight);
     return {grad_input, grad_weight, torch::Tensor(), torch::Tensor()};
   }
 };
@@ -102,8 +109,18 @@ torch::Tensor TransposedConv2dImpl::forward(const torch::Tensor& input) {
     return torch::conv_transpose2d(input, weight, bias, s, p, extra, options.groups(), d);
   std::vector<int64_t> size = {input.size(0), options.out_channels(), 0, 0};
   for (int i = 0; i < 2; ++i) size[2 + i] = (input.size(2 + i) - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + extra[i] + 1;
-  const auto out = TransposedConvFunction::apply(input, weight, Geometry{s, p, d, options.groups()}, size);
-  return bias.defined() ? out + bias.view({1, -1, 1, 1}) : out;
+  // Under autocast the layer computes in its lower precision, as torch's
+  // conv_transpose2d does there; the casts are autograd's, so the gradients
+  // reach the fp32 weights as fp32.
+  auto x = input, w = weight, b = bias;
+  if (at::autocast::is_cpu_enabled()) {
+    const auto low = at::autocast::get_autocast_cpu_dtype();
+    x = at::autocast::cached_cast(low, input, c10::DeviceType::CPU);
+    w = at::autocast::cached_cast(low, weight, c10::DeviceType::CPU);
+    if (b.defined()) b = at::autocast::cached_cast(low, bias, c10::DeviceType::CPU);
+  }
+  const auto out = TransposedConvFunction::apply(x, w, Geometry{s, p, d, options.groups()}, size);
+  return b.defined() ? out + b.view({1, -1, 1, 1}) : out;
 }
 
 }  // namespace atelier::models

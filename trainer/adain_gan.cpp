@@ -26,8 +26,10 @@ void AdaINGAN::sync_replicas() {
   if (comm_ && comm_->world_size() > 1) comm::broadcast_from_rank0(*comm_, state_tensors());
 }
 
-StepLosses AdaINGAN::step(const torch::Tensor& content, const torch::Tensor& style, double lr_scale) {
+StepLosses AdaINGAN::step(const torch::Tensor& content_in, const torch::Tensor& style_in, double lr_scale) {
   const auto& loss = config_.loss;
+  const auto precision = config_.train.precision;
+  const auto content = laid_out(config_.train, content_in), style = laid_out(config_.train, style_in);
   set_adam_lr(*optimizer_g_, config_.optim.lr_g * lr_scale);
   set_adam_lr(*optimizer_d_, config_.optim.lr_d * lr_scale);
   generator->train();
@@ -36,18 +38,20 @@ StepLosses AdaINGAN::step(const torch::Tensor& content, const torch::Tensor& sty
   // The encoder is frozen: its features of the inputs are constants, computed
   // once and shared by AdaIN, the content target and the style loss.
   std::vector<torch::Tensor> style_features;
-  torch::Tensor target;
+  torch::Tensor target, fake, loss_d;
   {
-    torch::NoGradGuard no_grad;
-    style_features = generator->encoder->forward_features(style);
-    target = models::adain(generator->encoder->forward(content), style_features.back());
+    const Autocast autocast(precision);
+    {
+      torch::NoGradGuard no_grad;
+      style_features = generator->encoder->forward_features(style);
+      target = models::adain(generator->encoder->forward(content), style_features.back());
+    }
+    fake = generator->decoder->forward(target);
+    // Discriminator: real style images against detached stylised ones.
+    loss_d = models::discriminator_loss(loss.adversarial, discriminator->forward(style),
+                                        discriminator->forward(fake.detach()));
   }
-  const auto fake = generator->decoder->forward(target);
-
-  // Discriminator: real style images against detached stylised ones.
   optimizer_d_->zero_grad();
-  auto loss_d = models::discriminator_loss(loss.adversarial, discriminator->forward(style),
-                                           discriminator->forward(fake.detach()));
   if (reducer_d_) reducer_d_->prepare();
   loss_d.backward();
   // The average over ranks replaces this rank's gradient before clipping,
@@ -58,13 +62,17 @@ StepLosses AdaINGAN::step(const torch::Tensor& content, const torch::Tensor& sty
 
   // Generator: fool D, keep the content, match the style statistics.
   optimizer_g_->zero_grad();
-  const auto adv = models::generator_adversarial_loss(loss.adversarial, discriminator->forward(fake));
-  const auto output_features = generator->encoder->forward_features(fake);
-  const auto content_term = models::content_loss(output_features.back(), target);
-  const auto style_term = models::style_loss(output_features, style_features, loss.style_statistics);
-  const auto tv = models::total_variation_loss(fake);
-  auto loss_g = loss.adversarial_weight * adv + loss.content_weight * content_term +
-                loss.style_weight * style_term + loss.tv_weight * tv;
+  torch::Tensor adv, content_term, style_term, tv, loss_g;
+  {
+    const Autocast autocast(precision);
+    adv = models::generator_adversarial_loss(loss.adversarial, discriminator->forward(fake));
+    const auto output_features = generator->encoder->forward_features(fake);
+    content_term = models::content_loss(output_features.back(), target);
+    style_term = models::style_loss(output_features, style_features, loss.style_statistics);
+    tv = models::total_variation_loss(fake);
+    loss_g = loss.adversarial_weight * adv + loss.content_weight * content_term +
+             loss.style_weight * style_term + loss.tv_weight * tv;
+  }
   // Only G's reducer is armed: the gradients this backward leaves on D's
   // parameters are cleared by the next D step and never reduced.
   if (reducer_g_) reducer_g_->prepare();

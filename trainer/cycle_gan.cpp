@@ -54,16 +54,12 @@ void CycleGAN::discriminators_require_grad(bool on) {
   for (auto& p : discriminator_parameters()) p.set_requires_grad(on);
 }
 
-StepLosses CycleGAN::step(const torch::Tensor& real_a, const torch::Tensor& real_b, double lr_scale) {
+StepLosses CycleGAN::step(const torch::Tensor& real_a_in, const torch::Tensor& real_b_in, double lr_scale) {
   const auto& loss = config_.loss;
+  const auto real_a = laid_out(config_.train, real_a_in), real_b = laid_out(config_.train, real_b_in);
   set_adam_lr(*optimizer_g_, config_.optim.lr_g * lr_scale);
   set_adam_lr(*optimizer_d_, config_.optim.lr_d * lr_scale);
   for (auto* network : networks()) network->train();
-
-  const auto fake_b = g_a->forward(real_a);
-  const auto rec_a = g_b->forward(fake_b);
-  const auto fake_a = g_b->forward(real_b);
-  const auto rec_b = g_a->forward(fake_a);
 
   // Generators: fool both critics, come back round the cycle, leave images
   // already in the target domain alone.
@@ -71,17 +67,25 @@ StepLosses CycleGAN::step(const torch::Tensor& real_a, const torch::Tensor& real
   optimizer_g_->zero_grad();
   const double lambda = loss.cycle_weight;
   const double lambda_idt = loss.identity_weight * lambda;
+  torch::Tensor fake_a, fake_b, adv_a, adv_b, cycle_a, cycle_b, loss_g;
   torch::Tensor idt_a = torch::zeros({}), idt_b = torch::zeros({});
-  if (lambda_idt > 0) {  // the reference skips the identity passes when the weight is 0
-    idt_a = models::l1_loss(g_a->forward(real_b), real_b);
-    idt_b = models::l1_loss(g_b->forward(real_a), real_a);
+  {
+    const Autocast autocast(config_.train.precision);
+    fake_b = g_a->forward(real_a);
+    const auto rec_a = g_b->forward(fake_b);
+    fake_a = g_b->forward(real_b);
+    const auto rec_b = g_a->forward(fake_a);
+    if (lambda_idt > 0) {  // the reference skips the identity passes when the weight is 0
+      idt_a = models::l1_loss(g_a->forward(real_b), real_b);
+      idt_b = models::l1_loss(g_b->forward(real_a), real_a);
+    }
+    adv_a = models::generator_adversarial_loss(loss.adversarial, d_a->forward(fake_b));
+    adv_b = models::generator_adversarial_loss(loss.adversarial, d_b->forward(fake_a));
+    cycle_a = models::l1_loss(rec_a, real_a);
+    cycle_b = models::l1_loss(rec_b, real_b);
+    loss_g = loss.adversarial_weight * (adv_a + adv_b) + lambda * (cycle_a + cycle_b) +
+             lambda_idt * (idt_a + idt_b);
   }
-  const auto adv_a = models::generator_adversarial_loss(loss.adversarial, d_a->forward(fake_b));
-  const auto adv_b = models::generator_adversarial_loss(loss.adversarial, d_b->forward(fake_a));
-  const auto cycle_a = models::l1_loss(rec_a, real_a);
-  const auto cycle_b = models::l1_loss(rec_b, real_b);
-  auto loss_g = loss.adversarial_weight * (adv_a + adv_b) + lambda * (cycle_a + cycle_b) +
-                lambda_idt * (idt_a + idt_b);
   if (reducer_g_) reducer_g_->prepare();
   loss_g.backward();
   if (reducer_g_) reducer_g_->finalize();
@@ -92,10 +96,16 @@ StepLosses CycleGAN::step(const torch::Tensor& real_a, const torch::Tensor& real
   // Discriminators: real images against generated ones from the pools. The
   // two losses share no weights, so one backward of their sum gives each
   // critic exactly its own gradient.
+  // The pools keep fp32 images whatever the precision, so a checkpoint's
+  // pools do not depend on it.
   optimizer_d_->zero_grad();
-  const auto loss_d_a = judge(d_a, loss.adversarial, real_b, pool_b.query(fake_b));
-  const auto loss_d_b = judge(d_b, loss.adversarial, real_a, pool_a.query(fake_a));
-  auto loss_d = loss_d_a + loss_d_b;
+  torch::Tensor loss_d_a, loss_d_b, loss_d;
+  {
+    const Autocast autocast(config_.train.precision);
+    loss_d_a = judge(d_a, loss.adversarial, real_b, pool_b.query(fake_b.to(torch::kFloat)));
+    loss_d_b = judge(d_b, loss.adversarial, real_a, pool_a.query(fake_a.to(torch::kFloat)));
+    loss_d = loss_d_a + loss_d_b;
+  }
   if (reducer_d_) reducer_d_->prepare();
   loss_d.backward();
   if (reducer_d_) reducer_d_->finalize();

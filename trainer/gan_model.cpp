@@ -2,6 +2,8 @@
 // options, gradient clipping, the replicated state, and the family factory.
 #include "trainer/gan_model.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <algorithm>
 
 #include "trainer/adain_gan.h"
@@ -38,10 +40,40 @@ std::vector<torch::Tensor> parameters_and_buffers(const std::vector<torch::nn::M
   return out;
 }
 
+Autocast::Autocast(Precision precision) : on_(precision == Precision::BF16) {
+  if (!on_) return;
+  was_enabled_ = at::autocast::is_cpu_enabled();
+  was_dtype_ = at::autocast::get_autocast_cpu_dtype();
+  at::autocast::set_cpu_enabled(true);
+  at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+  at::autocast::increment_nesting();
+}
+
+Autocast::~Autocast() {
+  if (!on_) return;
+  // The cache holds bf16 copies of the weights; the optimiser step that
+  // follows changes the weights, so the copies must not outlive the block.
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_cpu_enabled(was_enabled_);
+  at::autocast::set_autocast_cpu_dtype(was_dtype_);
+}
+
+torch::Tensor laid_out(const TrainOptions& train, const torch::Tensor& images) {
+  return train.channels_last ? images.contiguous(at::MemoryFormat::ChannelsLast) : images;
+}
+
 std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm::Communicator> comm) {
-  if (config.model.family == "adain") return std::make_unique<AdaINGAN>(config, std::move(comm));
-  if (config.model.family == "cyclegan") return std::make_unique<CycleGAN>(config, std::move(comm));
-  throw TrainError("model.family '" + config.model.family + "' is not built (allowed: adain, cyclegan)");
+  std::unique_ptr<GanModel> model;
+  if (config.model.family == "adain") model = std::make_unique<AdaINGAN>(config, std::move(comm));
+  if (config.model.family == "cyclegan") model = std::make_unique<CycleGAN>(config, std::move(comm));
+  if (!model)
+    throw TrainError("model.family '" + config.model.family + "' is not built (allowed: adain, cyclegan)");
+  if (config.train.channels_last) {
+    torch::NoGradGuard no_grad;  // the same tensors (the optimisers hold them), laid out anew
+    for (auto& t : model->state_tensors())
+      if (t.dim() == 4) t.set_data(t.contiguous(at::MemoryFormat::ChannelsLast));
+  }
+  return model;
 }
 
 }  // namespace atelier::trainer

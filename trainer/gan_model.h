@@ -54,8 +54,29 @@ class GanModel {
 
 // The configured family's model; weights come from the global torch RNG,
 // which the caller seeds. With more than one rank, gradients are averaged
-// in every step (one GradientReducer per optimiser).
+// in every step (one GradientReducer per optimiser). With
+// train.channels_last its 4-D weights are stored channels-last.
 std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm::Communicator> comm);
+
+// train.precision over one block of forward passes: BF16 turns CPU autocast
+// to bfloat16 on for the guard's life (nesting, and dropping autocast's cast
+// cache when the outermost guard ends, as torch.autocast does), FP32 does
+// nothing. Backward passes belong outside it, as PyTorch recommends.
+class Autocast {
+ public:
+  explicit Autocast(Precision precision);
+  ~Autocast();
+  Autocast(const Autocast&) = delete;
+  Autocast& operator=(const Autocast&) = delete;
+
+ private:
+  bool on_ = false;
+  bool was_enabled_ = false;
+  at::ScalarType was_dtype_ = at::kBFloat16;
+};
+
+// An image batch in the memory order train.channels_last asks for.
+torch::Tensor laid_out(const TrainOptions& train, const torch::Tensor& images);
 
 // Sets Adam's learning rate of every group to `lr`.
 void set_adam_lr(torch::optim::Adam& optimizer, double lr);

@@ -57,6 +57,12 @@ struct LossConfig {
 
 enum class Schedule { Constant, Linear };
 
+// Arithmetic of the training step's forward passes. BF16: under autocast to
+// bfloat16, as torch.autocast(dtype=torch.bfloat16) (convolutions in bf16,
+// losses and reductions where autocast keeps them in fp32); parameters,
+// gradients, Adam and checkpoints stay fp32, and no loss scaling is needed.
+enum class Precision { FP32, BF16 };
+
 struct OptimConfig {
   double lr_g = 2e-4;    // Adam learning rate of the generator (decoder)
   double lr_d = 2e-4;    // Adam learning rate of the discriminator
@@ -72,6 +78,8 @@ struct TrainOptions {
   int64_t steps = 300;       // optimisation steps (one D and one G update each)
   int64_t batch_size = 4;    // images per step PER RANK (global batch = batch_size * world size)
   int64_t threads = 2;       // LibTorch intra-op threads
+  Precision precision = Precision::FP32;  // of the step's forward passes (see Precision)
+  bool channels_last = false;  // weights and batches in NHWC memory order (GPU tensor cores prefer it)
   uint64_t seed = 0;         // weights, data order and augmentation derive from it
   int64_t log_every = 10;    // a log line (and TensorBoard scalars) every N steps
   int64_t sample_every = 100;  // a sample grid every N steps (and at the end)
