@@ -8,8 +8,12 @@ adversarial, content MSE on relu4_1, mean/std style loss at relu1_1..relu4_1)
 and the same Adam settings, on random images. Run by bench/compare_adain_step.sh
 with Debian's python3-torch, which runs the same LibTorch kernels as the C++
 build. Prints one line: "python median_ms=<ms> steps=<n>".
+--precision bf16 runs the forward passes under torch.autocast to bfloat16
+and --channels-last keeps weights and images NHWC, as atelier's
+train.precision and train.channels_last do.
 """
 import argparse
+import contextlib
 
 import torch
 import torch.nn as nn
@@ -85,6 +89,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--channels-last", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -93,26 +99,37 @@ def main():
     opt_d = torch.optim.Adam(disc.parameters(), 2e-4, betas=(0.5, 0.999))
     content = torch.rand(a.batch, 3, a.size, a.size) * 2 - 1
     style = torch.rand(a.batch, 3, a.size, a.size) * 2 - 1
+    if a.channels_last:
+        for net in (enc, dec, disc):
+            net.to(memory_format=torch.channels_last)
+        content, style = (x.contiguous(memory_format=torch.channels_last) for x in (content, style))
+
+    def forward_passes():
+        if a.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def step():
-        with torch.no_grad():
-            sf = enc.features(style)
-            t = adain(enc.features(content)[-1], sf[-1])
-        fake = dec(t)
+        with forward_passes():
+            with torch.no_grad():
+                sf = enc.features(style)
+                t = adain(enc.features(content)[-1], sf[-1])
+            fake = dec(t)
+            real_logits, fake_logits = disc(style), disc(fake.detach())
+            loss_d = 0.5 * (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) +
+                            F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
         opt_d.zero_grad()
-        real_logits, fake_logits = disc(style), disc(fake.detach())
-        loss_d = 0.5 * (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) +
-                        F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
         loss_d.backward()
         opt_d.step()
         opt_g.zero_grad()
-        g_logits = disc(fake)
-        adv = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
-        of = enc.features(fake)
-        content_loss = F.mse_loss(of[-1], t)
-        style_loss = sum(F.mse_loss(mean_std(o)[0], mean_std(s)[0]) + F.mse_loss(mean_std(o)[1], mean_std(s)[1])
-                         for o, s in zip(of, sf))
-        loss_g = 1.0 * adv + 1.0 * content_loss + 10.0 * style_loss
+        with forward_passes():
+            g_logits = disc(fake)
+            adv = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
+            of = enc.features(fake)
+            content_loss = F.mse_loss(of[-1], t)
+            style_loss = sum(F.mse_loss(mean_std(o)[0], mean_std(s)[0]) + F.mse_loss(mean_std(o)[1], mean_std(s)[1])
+                             for o, s in zip(of, sf))
+            loss_g = 1.0 * adv + 1.0 * content_loss + 10.0 * style_loss
         loss_g.backward()
         opt_g.step()
         return loss_g.item()

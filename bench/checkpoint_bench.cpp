@@ -129,7 +129,7 @@ void bench_write(const fs::path& dir, int64_t mib, int rounds) {
     fs::remove(dd_file);
     checkpoint::SaveRequest request;
     request.info = {r + 1, 0, 1, "bench"};
-    request.shared = {{"payload.bin", payload}};
+    request.shared = {{"payload.bin", payload, {}}};
     t0 = Clock::now();
     coordinator.save(std::move(request));
     const auto outcome = coordinator.finish();

@@ -3,7 +3,7 @@
 # image size and intra-op threads, median of N steps each, both measured in
 # this run and interleaved (C++, Python, C++, Python, ...) so machine noise
 # hits both.
-# Usage: bench/compare_step.sh adain|cyclegan [build-dir] [options of bench_<family>_step]
+# Usage: bench/compare_step.sh adain|cyclegan [build-dir] [options of bench_step and <family>_step.py]
 # PY_ARGS: extra options for the Python side only (e.g. PY_ARGS="--transposed-conv conv-gradient").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ if [ $# -gt 0 ] && [[ $1 != --* ]]; then build=$1; shift; fi
 rounds=${ROUNDS:-3}
 cpp=(); py=()
 for _ in $(seq "$rounds"); do
-  cpp+=("$("$build/bench/bench_${family}_step" "$@" | sed -n 's/.*median_ms=\([0-9.]*\).*/\1/p')")
+  cpp+=("$("$build/bench/bench_step" --family "$family" "$@" | sed -n 's/.*median_ms=\([0-9.]*\).*/\1/p')")
   # shellcheck disable=SC2086  # PY_ARGS is a list of words
   py+=("$(/usr/bin/python3 "bench/${family}_step.py" "$@" ${PY_ARGS:-} | sed -n 's/.*median_ms=\([0-9.]*\).*/\1/p')")
 done

@@ -98,7 +98,7 @@ def use_conv_gradient(module):
                 (x.shape[2 + i] - 1) * layer.stride[i] - 2 * layer.padding[i] +
                 layer.dilation[i] * (layer.kernel_size[i] - 1) + layer.output_padding[i] + 1 for i in range(2)]
             w, b = layer.weight, layer.bias
-            if torch.is_autocast_cpu_enabled():  # as autocast treats conv_transpose2d
+            if torch.is_autocast_cpu_enabled():  # as atelier's layer (1.13's CPU autocast leaves it fp32)
                 low = torch.get_autocast_cpu_dtype()
                 x, w, b = x.to(low), w.to(low), None if b is None else b.to(low)
             y = ConvGradientTranspose.apply(x, w, out_size, list(layer.stride), list(layer.padding),

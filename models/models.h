@@ -165,7 +165,8 @@ void init_normal(torch::nn::Module& module, double std);
 // convolution it undoes (its backward: that convolution, and its weight
 // gradient). LibTorch 1.13's CPU ConvTranspose2d runs an im2col path that is
 // ~50x slower than oneDNN's convolutions at CycleGAN's sizes
-// (bench/RESULTS.md). Off the CPU it calls torch's conv_transpose2d. Zero
+// (bench/RESULTS.md). Under CPU autocast it computes in the autocast type, as
+// the convolutions do. Off the CPU it calls torch's conv_transpose2d. Zero
 // padding only (throws ModelError otherwise).
 struct TransposedConv2dImpl : torch::nn::Cloneable<TransposedConv2dImpl> {
   explicit TransposedConv2dImpl(torch::nn::ConvTranspose2dOptions options);

@@ -46,13 +46,14 @@ struct TransposedConvFunction : torch::autograd::Function<TransposedConvFunction
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input, const torch::Tensor& weight,
                                const Geometry& geometry,
                                const std::vector<int64_t>& output_size) {
-    ctx->save_for_backward({input, weight});
+    const auto image = dense(input);
+    ctx->save_for_backward({image, weight});
     ctx->saved_data["stride"] = geometry.stride;
     ctx->saved_data["padding"] = geometry.padding;
     ctx->saved_data["dilation"] = geometry.dilation;
     ctx->saved_data["groups"] = geometry.groups;
-    const auto like_output = at::empty(output_size, input.options().memory_format(input.suggest_memory_format()));
-    return geometry.input_gradient(dense(input), like_output, weight);
+    const auto like_output = at::empty(output_size, image.options().memory_format(image.suggest_memory_format()));
+    return geometry.input_gradient(image, like_output, weight);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -64,7 +65,7 @@ struct TransposedConvFunction : torch::autograd::Function<TransposedConvFunction
     const auto grad = dense(grads[0]);
     torch::Tensor grad_input, grad_weight;
     if (ctx->needs_input_grad(0)) grad_input = geometry.convolve(grad, weight);
-    if (ctx->needs_input_grad(1)) grad_weight = geometry.weight_gradient(dense(input), grad, weight);
+    if (ctx->needs_input_grad(1)) grad_weight = geometry.weight_gradient(input, grad, weight);
     return {grad_input, grad_weight, torch::Tensor(), torch::Tensor()};
   }
 };
@@ -108,9 +109,11 @@ torch::Tensor TransposedConv2dImpl::forward(const torch::Tensor& input) {
   if (!input.is_cpu())  // cuDNN runs the transposed convolution well itself
     return torch::conv_transpose2d(input, weight, bias, s, p, extra, options.groups(), d);
   std::vector<int64_t> size = {input.size(0), options.out_channels(), 0, 0};
-  for (int i = 0; i < 2; ++i) size[2 + i] = (input.size(2 + i) - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + extra[i] + 1;
-  // Under autocast the layer computes in its lower precision, as torch's
-  // conv_transpose2d does there; the casts are autograd's, so the gradients
+  for (int i = 0; i < 2; ++i)
+    size[2 + i] = (input.size(2 + i) - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + extra[i] + 1;
+  // Under autocast the layer computes in the autocast type like every other
+  // convolution (CUDA autocast lowers conv_transpose2d too; LibTorch 1.13's
+  // CPU autocast leaves it fp32). The casts are autograd's, so the gradients
   // reach the fp32 weights as fp32.
   auto x = input, w = weight, b = bias;
   if (at::autocast::is_cpu_enabled()) {

@@ -69,10 +69,10 @@ checkpoint::SaveRequest checkpoint_request(GanModel& gan, const RunPosition& pos
   const nlohmann::json state = {{"step", position.step},          {"epoch", position.cursor.epoch},
                                 {"cursor", cursor_json(position.cursor)}, {"lr_factor", lr_factor},
                                 {"world_size", world_size}};
-  request.shared.push_back({kTrainerState, state.dump(2) + "\n"});
-  request.shared.push_back({kConfig, config.yaml});
-  request.own.push_back({kRankRng, rng_bytes()});
-  request.own.push_back({kRankState, nlohmann::json{{"cursor", cursor_json(position.cursor)}}.dump(2) + "\n"});
+  request.shared.push_back({kTrainerState, state.dump(2) + "\n", {}});
+  request.shared.push_back({kConfig, config.yaml, {}});
+  request.own.push_back({kRankRng, rng_bytes(), {}});
+  request.own.push_back({kRankState, nlohmann::json{{"cursor", cursor_json(position.cursor)}}.dump(2) + "\n", {}});
   for (auto& file : gan.snapshot_own()) request.own.push_back(std::move(file));
   return request;
 }

@@ -103,7 +103,7 @@ template <typename T>
 checkpoint::StateFile serialised(const std::string& name, const T& value) {
   std::ostringstream bytes;
   torch::save(value, bytes);
-  return {name, bytes.str()};
+  return {name, bytes.str(), {}};
 }
 
 }  // namespace atelier::trainer

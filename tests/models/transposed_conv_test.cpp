@@ -3,6 +3,7 @@
 // transposed convolution can have.
 #include <gtest/gtest.h>
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "models/models.h"
@@ -34,7 +35,9 @@ void expect_same_as_torch(const Case& c) {
   torch::manual_seed(7);
   torch::nn::ConvTranspose2d reference(c.options);
   ASSERT_TRUE(torch::equal(ours->weight, reference->weight));
-  if (c.options.bias()) ASSERT_TRUE(torch::equal(ours->bias, reference->bias));
+  if (c.options.bias()) {
+    ASSERT_TRUE(torch::equal(ours->bias, reference->bias));
+  }
 
   const auto x = torch::randn(c.input);
   const auto x_ours = x.clone().requires_grad_(), x_ref = x.clone().requires_grad_();
@@ -58,6 +61,43 @@ TEST(TransposedConv2d, MatchesTorchsConvTranspose2dOutputsAndGradients) {
       {"uneven stride and padding", Options(2, 3, {3, 2}).stride({2, 1}).padding({0, 1}), {1, 2, 3, 4}},
   };
   for (const auto& c : cases) expect_same_as_torch(c);
+}
+
+// NHWC in, NHWC out, and the numbers of the NCHW layer.
+TEST(TransposedConv2d, KeepsAChannelsLastInputChannelsLast) {
+  torch::manual_seed(7);
+  TransposedConv2d layer(Options(32, 16, 3).stride(2).padding(1).output_padding(1));
+  const auto x = torch::randn({2, 32, 12, 12});
+  const auto nhwc = layer->forward(x.contiguous(at::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(nhwc.is_contiguous(at::MemoryFormat::ChannelsLast));
+  expect_close(nhwc, layer->forward(x), "channels-last output");
+}
+
+// Under CPU autocast the layer computes in bf16 (LibTorch 1.13's own
+// conv_transpose2d stays fp32 there: the reference is its fp32 result), and
+// the weights' gradients arrive as fp32.
+TEST(TransposedConv2d, UnderAutocastComputesInBf16) {
+  torch::manual_seed(7);
+  TransposedConv2d ours(Options(16, 8, 3).stride(2).padding(1).output_padding(1));
+  torch::manual_seed(7);
+  torch::nn::ConvTranspose2d reference(Options(16, 8, 3).stride(2).padding(1).output_padding(1));
+  const auto x = torch::randn({2, 16, 8, 8});
+  torch::Tensor y_ours, y_ref;
+  at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+  at::autocast::set_cpu_enabled(true);
+  y_ours = ours->forward(x);
+  at::autocast::set_cpu_enabled(false);
+  at::autocast::clear_cache();
+  y_ref = reference->forward(x);
+  EXPECT_EQ(y_ours.scalar_type(), torch::kBFloat16);
+  const double scale = y_ref.abs().max().item<double>();
+  const double error = (y_ours.to(torch::kFloat) - y_ref).abs().max().item<double>();
+  EXPECT_LE(error, 2e-2 * scale);
+  EXPECT_GT(error, 0.0) << "bf16 arithmetic leaves some rounding";
+  y_ours.to(torch::kFloat).sum().backward();
+  ASSERT_TRUE(ours->weight.grad().defined());
+  EXPECT_EQ(ours->weight.grad().scalar_type(), torch::kFloat);
+  EXPECT_EQ(ours->bias.grad().scalar_type(), torch::kFloat);
 }
 
 TEST(TransposedConv2d, NeedsNoGradientForItsInputWhenTheInputHasNone) {
