@@ -322,9 +322,6 @@ void check_consistency(const Config& c) {
 
 void check_eval(const Config& c) {
   if (c.eval.every_steps == 0) return;
-  if (c.model.family != "adain")
-    throw ConfigError("eval.every_steps: evaluation during training measures AdaIN-GAN generators, not model.family '" +
-                      c.model.family + "' (set eval.every_steps to 0)");
   if (c.eval.content.empty() || c.eval.style.empty())
     throw ConfigError("eval.every_steps is " + std::to_string(c.eval.every_steps) +
                       ": set eval.content and eval.style to held-out image folders or files (or every_steps to 0)");

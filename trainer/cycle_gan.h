@@ -36,6 +36,7 @@ class CycleGAN : public GanModel {
   std::vector<checkpoint::StateFile> snapshot() override;
   std::vector<checkpoint::StateFile> snapshot_own() override;
   void load(const std::filesystem::path& dir, const std::filesystem::path& rank_dir) override;
+  Translators cyclegan_generators() override { return {&g_a, &g_b}; }
 
   models::ResnetGenerator g_a{nullptr};
   models::ResnetGenerator g_b{nullptr};

@@ -18,6 +18,9 @@ struct HeldOutEvaluation::State {
   int64_t every_steps = 0;        // eval.every_steps
   evaluate::EvalSet set;          // this rank's share of the pairs
   evaluate::EvalOptions options;  // batch, and which distance the encoder gives
+  // CycleGAN's loss network (its generators have no encoder): the configured
+  // VGG, as `atelier evaluate` uses for a cyclegan checkpoint.
+  models::VGGEncoder loss_network{nullptr};
 };
 
 namespace {
@@ -26,9 +29,12 @@ namespace {
 std::string summary(const evaluate::EvalResult& r, double seconds) {
   std::ostringstream line;
   line << std::setprecision(4) << "eval (" << r.pairs << " pairs): SSIM " << evaluate::metric(r, "ssim_rgb")
-       << " | PSNR " << evaluate::metric(r, "psnr_rgb") << " dB | content " << evaluate::metric(r, "content_loss");
-  for (const auto& m : r.metrics)
+       << " | PSNR " << evaluate::metric(r, "psnr_rgb") << " dB";
+  for (const auto& m : r.metrics) {
+    if (m.key == "content_loss") line << " | content " << m.value;
+    if (m.key == "cycle_l1_a" || m.key == "cycle_l1_b") line << " | " << m.key << " " << m.value;
     if (m.group == "distribution") line << " | " << m.label << " " << m.value;
+  }
   if (!r.distances_skipped.empty()) line << " | no " << r.distance_name << ": " << r.distances_skipped;
   line << " | " << std::fixed << std::setprecision(1) << seconds << " s";
   return line.str();
@@ -41,10 +47,9 @@ HeldOutEvaluation::HeldOutEvaluation(const Config& config, const comm::Communica
   if (config.eval.content.empty() || config.eval.style.empty())
     throw TrainError("eval.every_steps is " + std::to_string(config.eval.every_steps) +
                      " but eval.content or eval.style is empty: set both to held-out folders or files");
-  if (config.model.family != "adain")
-    throw TrainError("eval.every_steps: evaluation during training measures AdaIN-GAN generators; model.family is '" +
-                     config.model.family + "': set eval.every_steps to 0");
   state_ = std::make_unique<State>();
+  // Built from its own seed: the global generator (and so training) is untouched.
+  if (config.model.family == "cyclegan") state_->loss_network = models::VGGEncoder(config.model.generator.encoder);
   state_->every_steps = config.eval.every_steps;
   state_->options.batch = config.train.batch_size;
   state_->options.imagenet_weights = !config.model.generator.encoder.weights_path.empty();
@@ -63,7 +68,10 @@ void HeldOutEvaluation::after_step(int64_t step, int64_t total, GanModel& gan, c
                                    MetricsLog* metrics, EventWriter* events) {
   if (!state_ || (step % state_->every_steps != 0 && step != total)) return;
   const auto start = std::chrono::steady_clock::now();
-  const auto result = evaluate::evaluate(*gan.adain_generator(), state_->set, comm, state_->options);
+  const auto translators = gan.cyclegan_generators();
+  const auto result = translators.a2b ? evaluate::evaluate(*translators.a2b, *translators.b2a, state_->loss_network,
+                                                           state_->set, comm, state_->options)
+                                      : evaluate::evaluate(*gan.adain_generator(), state_->set, comm, state_->options);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::map<std::string, double> values = {{"eval/seconds", seconds}};
   for (const auto& m : result.metrics) values["eval/" + m.key] = m.value;

@@ -50,6 +50,12 @@ class GanModel {
 
   // The AdaIN generator, for what only that family has (evaluation); null otherwise.
   virtual models::AdaINGenerator* adain_generator() { return nullptr; }
+  // CycleGAN's generators (a2b = G_A, b2a = G_B), for evaluation; nulls otherwise.
+  struct Translators {
+    models::ResnetGenerator* a2b = nullptr;
+    models::ResnetGenerator* b2a = nullptr;
+  };
+  virtual Translators cyclegan_generators() { return {}; }
 };
 
 // The configured family's model; weights come from the global torch RNG,

@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "comm/comm.h"
+#include "evaluate/evaluate.h"
 #include "tests/support/pattern_images.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/event_file.h"
@@ -80,6 +82,65 @@ TEST_F(TrainingEvaluation, DueStepsLogEvalKeysAndTrainingIsUnchanged) {
   const auto b = testing_support::checkpoint_parameters(root / "runs" / "without" / "checkpoints" / "step-4");
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [name, value] : a) EXPECT_TRUE(torch::equal(value, b.at(name))) << name;
+}
+
+// The eval/ numbers of one metrics.jsonl line per due step.
+std::vector<nlohmann::json> eval_lines(const fs::path& run_dir) {
+  std::vector<nlohmann::json> out;
+  std::ifstream metrics(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("eval/ssim_rgb")) out.push_back(std::move(j));
+  }
+  return out;
+}
+
+// CycleGAN: G_A's translations of the held-out content are measured with
+// the configured VGG, plus the cycle errors both ways, as `atelier evaluate`
+// measures a cyclegan checkpoint: the last step's numbers are evaluate()'s
+// on the final checkpoint. Evaluating leaves the training unchanged.
+TEST_F(TrainingEvaluation, CycleGANLogsTranslationAndCycleNumbersAndTrainingIsUnchanged) {
+  const auto cyclegan = [&](const std::string& name, int64_t every) {
+    auto c = tiny(name, every);
+    c.model.family = "cyclegan";
+    c.model.resnet = {4, 1};
+    c.model.pool_size = 2;
+    c.loss.adversarial = models::Adversarial::LSGAN;
+    return c;
+  };
+  const auto config = cyclegan("cg-with", 3);
+  const auto result = train(config, "", false);
+  const auto lines = eval_lines(result.run_dir);
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0]["step"], 3);
+  EXPECT_EQ(lines[1]["step"], 4);
+  for (const auto& j : lines) {
+    for (const char* key : {"eval/cycle_l1_a", "eval/cycle_l1_b", "eval/cycle_psnr_a", "eval/cycle_psnr_b",
+                            "eval/random_vgg_fd", "eval/style_meanstd_relu4_1"})
+      EXPECT_TRUE(j.contains(key)) << key << " in " << j.dump();
+    EXPECT_FALSE(j.contains("eval/content_loss_adain")) << "CycleGAN has no AdaIN target";
+  }
+
+  const auto checkpoint = fs::path(result.run_dir) / "checkpoints" / "step-4";
+  models::ResnetGenerator a2b(config.model.resnet), b2a(config.model.resnet);
+  torch::load(a2b, (checkpoint / "generator_a.pt").string());
+  torch::load(b2a, (checkpoint / "generator_b.pt").string());
+  models::VGGEncoder loss_network(config.model.generator.encoder);
+  const auto comm = comm::make_communicator(comm::Environment{}, {});
+  const auto set = evaluate::load_eval_set({config.eval.content, config.eval.style, config.eval.pairs, 32}, 0, 1);
+  const auto direct = evaluate::evaluate(a2b, b2a, loss_network, set, *comm, {config.train.batch_size, false});
+  for (const auto& m : direct.metrics) {
+    const std::string key = "eval/" + m.key;
+    ASSERT_TRUE(lines[1].contains(key)) << key;
+    EXPECT_NEAR(lines[1][key].get<double>(), m.value, 1e-9 * (1 + std::abs(m.value))) << key;
+  }
+
+  train(cyclegan("cg-without", 0), "", false);
+  const auto with = testing_support::cyclegan_parameters(checkpoint, config.model.resnet, config.model.discriminator);
+  const auto without = testing_support::cyclegan_parameters(root / "runs" / "cg-without" / "checkpoints" / "step-4",
+                                                            config.model.resnet, config.model.discriminator);
+  ASSERT_EQ(with.size(), without.size());
+  for (const auto& [name, value] : with) EXPECT_TRUE(torch::equal(value, without.at(name))) << name;
 }
 
 TEST_F(TrainingEvaluation, AMissingHeldOutFolderStopsTheRunNamingIt) {
