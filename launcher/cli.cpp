@@ -55,6 +55,7 @@ int run_train(const TrainArgs& args) {
     return 0;
   }
   set_up_logging(config.run.log_level);
+  if (env_rank() == 0) spdlog::info("OpenMP threads wait with {}", describe_openmp_waits());
   // Held around the whole run: a stop signal (SLURM's preemption USR1, a
   // TERM) that arrives while the run starts up is kept for its first step
   // boundary, and one that arrives after the last step no longer kills a

@@ -37,4 +37,17 @@ std::string describe_config_keys();
 // The `atelier` command line; returns the process exit code.
 int run(int argc, char** argv);
 
+// Called first in main. LibTorch's OpenMP threads (GNU libgomp) spin up to
+// 300,000 times before they sleep at every barrier; on cores shared with
+// other work (data workers, another job, the loader service) a spinning
+// thread burns the time slice its partner needs, and a CycleGAN step on 2
+// busy cores took 2-16 s instead of 0.4 s (bench/contention.sh). Unless the
+// user set OMP_WAIT_POLICY or GOMP_SPINCOUNT, sets GOMP_SPINCOUNT=1000 and
+// re-executes the program (libgomp reads it only when loaded); on idle
+// cores this costs nothing measurable. Returns only if nothing was done.
+void use_short_openmp_waits(char** argv);
+
+// How the OpenMP threads of this process wait, for the log.
+std::string describe_openmp_waits();
+
 }  // namespace atelier::launcher

@@ -1,3 +1,6 @@
 #include "launcher/launcher.h"
 
-int main(int argc, char** argv) { return atelier::launcher::run(argc, argv); }
+int main(int argc, char** argv) {
+  atelier::launcher::use_short_openmp_waits(argv);
+  return atelier::launcher::run(argc, argv);
+}
