@@ -13,13 +13,12 @@ and --channels-last keeps weights and images NHWC, as atelier's
 train.precision and train.channels_last do.
 """
 import argparse
-import contextlib
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from step_timing import report_median_step
+from step_timing import channels_last, forward_passes, report_median_step
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -100,17 +99,10 @@ def main():
     content = torch.rand(a.batch, 3, a.size, a.size) * 2 - 1
     style = torch.rand(a.batch, 3, a.size, a.size) * 2 - 1
     if a.channels_last:
-        for net in (enc, dec, disc):
-            net.to(memory_format=torch.channels_last)
-        content, style = (x.contiguous(memory_format=torch.channels_last) for x in (content, style))
-
-    def forward_passes():
-        if a.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        content, style = channels_last((enc, dec, disc), (content, style))
 
     def step():
-        with forward_passes():
+        with forward_passes(a.precision):
             with torch.no_grad():
                 sf = enc.features(style)
                 t = adain(enc.features(content)[-1], sf[-1])
@@ -122,7 +114,7 @@ def main():
         loss_d.backward()
         opt_d.step()
         opt_g.zero_grad()
-        with forward_passes():
+        with forward_passes(a.precision):
             g_logits = disc(fake)
             adv = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
             of = enc.features(fake)

@@ -18,7 +18,6 @@ torch's own CPU kernel: the baseline for what the language alone is worth.
 and --channels-last keeps weights and images NHWC, as atelier's
 train.precision and train.channels_last do.
 """
-import contextlib
 import argparse
 import os
 import random
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import atelier_models  # noqa: E402
-from step_timing import report_median_step  # noqa: E402
+from step_timing import channels_last, forward_passes, report_median_step  # noqa: E402
 
 
 class ImagePool:
@@ -139,14 +138,7 @@ def main():
     real_a = torch.rand(a.batch, 3, a.size, a.size) * 2 - 1
     real_b = torch.rand(a.batch, 3, a.size, a.size) * 2 - 1
     if a.channels_last:
-        for net in (g_a, g_b, d_a, d_b):
-            net.to(memory_format=torch.channels_last)
-        real_a, real_b = (x.contiguous(memory_format=torch.channels_last) for x in (real_a, real_b))
-
-    def forward_passes():
-        if a.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        real_a, real_b = channels_last((g_a, g_b, d_a, d_b), (real_a, real_b))
 
     lam, lam_idt = 10.0, 5.0
 
@@ -158,7 +150,7 @@ def main():
     def step():
         set_requires_grad([d_a, d_b], False)
         opt_g.zero_grad()
-        with forward_passes():
+        with forward_passes(a.precision):
             fake_b = g_a(real_a)
             rec_a = g_b(fake_b)
             fake_a = g_b(real_b)
@@ -171,11 +163,11 @@ def main():
         opt_g.step()
         set_requires_grad([d_a, d_b], True)
         opt_d.zero_grad()
-        with forward_passes():
+        with forward_passes(a.precision):
             pooled_b = pool_b.query(fake_b)
             loss_d_a = 0.5 * (lsgan(d_a(real_b), True) + lsgan(d_a(pooled_b.detach()), False))
         loss_d_a.backward()
-        with forward_passes():
+        with forward_passes(a.precision):
             pooled_a = pool_a.query(fake_a)
             loss_d_b = 0.5 * (lsgan(d_b(real_a), True) + lsgan(d_b(pooled_a.detach()), False))
         loss_d_b.backward()

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "tests/support/pattern_images.h"
+#include "tests/support/short_run.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/cycle_gan.h"
 #include "trainer/trainer.h"
@@ -194,16 +195,7 @@ class CycleGANRun : public ::testing::Test {
   void TearDown() override { fs::remove_all(root); }
 
   Config tiny(const std::string& name, int64_t steps) const {
-    Config c = tiny_cyclegan();
-    c.run = {name, (root / "runs").string(), "warn"};
-    c.data.content = {(root / "content").string()};
-    c.data.style = {(root / "style").string()};
-    c.data.augment = {40, 32, true};
-    c.data.workers = 1;
-    c.train.steps = steps;
-    c.train.batch_size = 2;
-    c.train.sample_every = 4;
-    c.train.sample_count = 2;
+    Config c = testing_support::short_run(tiny_cyclegan(), root, name, steps);
     c.checkpoint.every_steps = 4;
     return c;
   }

@@ -9,6 +9,7 @@
 #include <random>
 
 #include "tests/support/pattern_images.h"
+#include "tests/support/short_run.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/gan_model.h"
 #include "trainer/trainer.h"
@@ -126,16 +127,7 @@ TEST(PrecisionRun, Bf16ChannelsLastResumeIsBitIdentical) {
   testing_support::write_pattern_images(root / "content", 4, 1);
   testing_support::write_pattern_images(root / "style", 3, 2);
   const auto config = [&](const std::string& name, int64_t steps) {
-    Config c = tiny("cyclegan");
-    c.run = {name, (root / "runs").string(), "warn"};
-    c.data.content = {(root / "content").string()};
-    c.data.style = {(root / "style").string()};
-    c.data.augment = {40, 32, true};
-    c.data.workers = 1;
-    c.train.steps = steps;
-    c.train.batch_size = 2;
-    c.train.sample_every = 4;
-    c.train.sample_count = 2;
+    Config c = testing_support::short_run(tiny("cyclegan"), root, name, steps);
     c.train.precision = Precision::BF16;
     c.train.channels_last = true;
     c.checkpoint.every_steps = 3;

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "tests/support/pattern_images.h"
+#include "tests/support/short_run.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/trainer.h"
 
@@ -29,20 +30,14 @@ class TinyRun : public ::testing::Test {
 
   Config tiny(const std::string& name, int64_t steps) const {
     Config c;
-    c.run = {name, (root / "runs").string(), "warn"};
     c.model.generator.encoder.width = 4;
     c.model.generator.decoder.width = 4;
     c.model.discriminator.width = 4;
-    c.data.content = {(root / "content").string()};
-    c.data.style = {(root / "style").string()};
-    c.data.augment = {40, 32, true};
+    c = testing_support::short_run(c, root, name, steps);
     c.data.workers = 2;
-    c.train.steps = steps;
-    c.train.batch_size = 2;
     c.train.threads = 1;
     c.train.log_every = 5;
     c.train.sample_every = 10;
-    c.train.sample_count = 2;
     c.checkpoint.every_steps = 10;
     return c;
   }
