@@ -5,6 +5,8 @@
 #include <ATen/autocast_mode.h>
 
 #include <algorithm>
+#include <fstream>
+#include <sstream>
 
 #include "trainer/adain_gan.h"
 #include "trainer/cycle_gan.h"
@@ -56,6 +58,20 @@ Autocast::~Autocast() {
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
   at::autocast::set_cpu_enabled(was_enabled_);
   at::autocast::set_autocast_cpu_dtype(was_dtype_);
+}
+
+bool has_native_bf16(const std::string& cpu_flags) {
+  std::istringstream words(cpu_flags);
+  for (std::string flag; words >> flag;)
+    if (flag == "avx512_bf16" || flag == "amx_bf16") return true;
+  return false;
+}
+
+std::string cpu_flags() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.compare(0, 5, "flags") == 0) return line.substr(line.find(':') + 1);
+  return "";
 }
 
 torch::Tensor laid_out(const TrainOptions& train, const torch::Tensor& images) {

@@ -81,6 +81,15 @@ class Autocast {
   at::ScalarType was_dtype_ = at::kBFloat16;
 };
 
+// Whether a CPU with these /proc/cpuinfo flags has bf16 instructions
+// (avx512_bf16 or amx_bf16). Without them train.precision: bf16 runs on
+// oneDNN's emulation or LibTorch's generic kernels, which may be slower
+// than fp32; the run warns.
+bool has_native_bf16(const std::string& cpu_flags);
+
+// The "flags" line of /proc/cpuinfo ("" where there is none).
+std::string cpu_flags();
+
 // An image batch in the memory order train.channels_last asks for.
 torch::Tensor laid_out(const TrainOptions& train, const torch::Tensor& images);
 

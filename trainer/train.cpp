@@ -290,6 +290,13 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   if (leader && gan.adain_generator() && !(*gan.adain_generator())->encoder->pretrained())
     spdlog::warn("model.vgg_weights is not set: using a fixed random VGG (seed {}) as encoder and loss network",
                  config.model.generator.encoder.random_seed);
+  if (leader && config.train.precision == Precision::BF16) {
+    const auto flags = cpu_flags();
+    if (!flags.empty() && !has_native_bf16(flags))
+      spdlog::warn("train.precision is bf16 but this CPU has no bf16 instructions (avx512_bf16, amx_bf16): its bf16 "
+                   "convolutions are emulated and may be slower than fp32; compare with bench/compare_step.sh "
+                   "--precision bf16");
+  }
   // Per-rank randomness draws from (seed, rank); a resume restores each
   // rank's own generator instead.
   if (!leader) torch::manual_seed(rank_seed(config.train.seed, run.comm->rank()));

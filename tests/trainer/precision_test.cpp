@@ -103,6 +103,17 @@ TEST_P(Families, ChannelsLastComputesTheSameStep) {
 
 INSTANTIATE_TEST_SUITE_P(Precision, Families, ::testing::Values("adain", "cyclegan"));
 
+TEST(Bf16Support, NativeOnlyWithAvx512Bf16OrAmx) {
+  EXPECT_TRUE(has_native_bf16(" fpu avx2 avx512f avx512_bf16 avx512vl"));
+  EXPECT_TRUE(has_native_bf16(" avx512f amx_tile amx_bf16 amx_int8"));
+  EXPECT_FALSE(has_native_bf16(" fpu avx2 avx512f avx512bw avx512vl avx512dq avx512_vnni"));
+  EXPECT_FALSE(has_native_bf16(" avx512_bf16x"));  // whole flags only
+  EXPECT_FALSE(has_native_bf16(""));
+#if defined(__x86_64__)
+  EXPECT_NE(cpu_flags().find("sse2"), std::string::npos) << "this x86-64 machine's flags line is read";
+#endif
+}
+
 TEST(Autocast, NestsAndRestoresWhatWasThere) {
   ASSERT_FALSE(at::autocast::is_cpu_enabled());
   {
