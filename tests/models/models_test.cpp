@@ -148,6 +148,31 @@ TEST(AdaIN, ChannelMeanStdUsesBiasedVarianceWithEpsInsideSqrt) {
   EXPECT_NEAR(std.item<float>(), std::sqrt(1.0 + 1e-5), 1e-6);
 }
 
+// The two-pass moments against torch's mean and var, values and gradients,
+// whether a loss uses both statistics or only one of them.
+TEST(AdaIN, ChannelMeanStdMatchesTorchsMeanAndVarWithGradients) {
+  torch::manual_seed(3);
+  const auto x = torch::randn({2, 3, 5, 7}) * 2 + 1;
+  const auto w_mean = torch::randn({2, 3, 1, 1}), w_std = torch::randn({2, 3, 1, 1});
+  for (const auto& [use_mean, use_std] : {std::pair{true, true}, {true, false}, {false, true}}) {
+    const auto ours = x.clone().requires_grad_(), torchs = x.clone().requires_grad_();
+    const auto [mean, std] = channel_mean_std(ours, 1e-5);
+    const auto ref_mean = torchs.mean({2, 3}, true);
+    const auto ref_std = (torchs.var({2, 3}, /*unbiased=*/false, true) + 1e-5).sqrt();
+    EXPECT_TRUE(torch::allclose(mean, ref_mean, 1e-5, 1e-6));
+    EXPECT_TRUE(torch::allclose(std, ref_std, 1e-5, 1e-6));
+    const auto loss = [&](const torch::Tensor& m, const torch::Tensor& s) {
+      auto total = torch::zeros({});
+      if (use_mean) total = total + (m * w_mean).sum();
+      if (use_std) total = total + (s * w_std).sum();
+      return total;
+    };
+    loss(mean, std).backward();
+    loss(ref_mean, ref_std).backward();
+    EXPECT_TRUE(torch::allclose(ours.grad(), torchs.grad(), 1e-5, 1e-6)) << use_mean << use_std;
+  }
+}
+
 TEST(AdaIN, OutputTakesStyleChannelMeanAndStd) {
   // Content spread wider than style: eps then shifts the output std by ~1e-6
   // (a style much wider than its content would amplify eps past the tolerance).
