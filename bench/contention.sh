@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Training on cores that other work wants too: `atelier train` (the shipped
-# CycleGAN config, 3 steps, 2 intra-op threads and 2 data workers) while one
+# Training on cores that other work wants too: `atelier train` (a shipped
+# config, default the CycleGAN one, 3 steps, 2 intra-op threads and 2 data
+# workers) while one
 # busy loop per core runs, with libgomp's default spin (GOMP_SPINCOUNT=300000,
 # what any LibTorch program gets) against atelier's default
 # (GOMP_SPINCOUNT=1000, launcher/openmp_waits.cpp), interleaved; then the
 # same pair on idle cores, which is what the short spin must not slow down.
 # Prints each run's wall seconds, the medians and ratio = default / atelier's
 # (> 1: atelier's faster).
-# Usage: bench/contention.sh [build-dir] [rounds]
+# Usage: bench/contention.sh [build-dir] [rounds] [config]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
 rounds=${2:-4}
+config=${3:-configs/cyclegan.yaml}
 out=$(mktemp -d)
 hogs=()
 stop_hogs() { [ ${#hogs[@]} -eq 0 ] || kill "${hogs[@]}" 2>/dev/null || true; hogs=(); }
@@ -21,7 +23,7 @@ run() {  # run <spincount>: wall seconds of one short training run
   rm -rf "$out/runs"
   local start end
   start=$(date +%s.%N)
-  env -u OMP_WAIT_POLICY GOMP_SPINCOUNT="$1" timeout 600 "$build/atelier" train --config configs/cyclegan.yaml \
+  env -u OMP_WAIT_POLICY GOMP_SPINCOUNT="$1" timeout 600 "$build/atelier" train --config "$config" \
     --set train.steps=3 --set run.dir="$out/runs" --set run.name=x >"$out/log" 2>&1
   end=$(date +%s.%N)
   python3 -c "print(f'{$end - $start:.2f}')"
