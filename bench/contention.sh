@@ -23,17 +23,24 @@ run() {  # run <spincount>: wall seconds of one short training run
   rm -rf "$out/runs"
   local start end
   start=$(date +%s.%N)
-  env -u OMP_WAIT_POLICY GOMP_SPINCOUNT="$1" timeout 600 "$build/atelier" train --config "$config" \
-    --set train.steps=3 --set run.dir="$out/runs" --set run.name=x >"$out/log" 2>&1
+  if ! env -u OMP_WAIT_POLICY GOMP_SPINCOUNT="$1" timeout 600 "$build/atelier" train --config "$config" \
+    --set train.steps=3 --set run.dir="$out/runs" --set run.name=x >"$out/log" 2>&1; then
+    tail -5 "$out/log" >&2
+    echo "a training run failed (above); no timing" >&2
+    return 1
+  fi
   end=$(date +%s.%N)
   python3 -c "print(f'{$end - $start:.2f}')"
 }
 
 measure() {  # measure <label>
   local base=() ours=()
+  local t
   for _ in $(seq "$rounds"); do
-    base+=("$(run 300000)")
-    ours+=("$(run 1000)")
+    t=$(run 300000) || exit 1
+    base+=("$t")
+    t=$(run 1000) || exit 1
+    ours+=("$t")
   done
   python3 - "$1" "${base[*]}" "${ours[*]}" <<'PY'
 import statistics, sys

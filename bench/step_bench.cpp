@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   app.add_option("--size", given.size, "image size");
   app.add_option("--batch", given.batch, "batch size");
   app.add_option("--threads", given.threads, "intra-op threads");
-  app.add_option("--steps", given.steps, "timed steps");
+  app.add_option("--steps", given.steps, "timed steps")->check(CLI::PositiveNumber);
   app.add_option("--warmup", given.warmup, "untimed steps first");
   app.add_option("--precision", precision, "fp32, or bf16 (autocast)")->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_flag("--channels-last", channels_last, "weights and images in NHWC memory order");

@@ -42,10 +42,12 @@ int run(int argc, char** argv);
 // other work (data workers, another job, the loader service) a spinning
 // thread burns the time slice its partner needs, and a CycleGAN step on 2
 // busy cores took 2-16 s instead of 0.4 s (bench/contention.sh). Unless the
-// user set OMP_WAIT_POLICY or GOMP_SPINCOUNT, sets GOMP_SPINCOUNT=1000 and
+// user set OMP_WAIT_POLICY or GOMP_SPINCOUNT, for the commands that compute
+// (train, evaluate, stylize, explain, launch) sets GOMP_SPINCOUNT=1000 and
 // re-executes the program (libgomp reads it only when loaded); on idle
-// cores this costs nothing measurable. Returns only if nothing was done.
-void use_short_openmp_waits(char** argv);
+// cores this costs nothing measurable. Not through an explicitly started
+// dynamic loader or under valgrind. Returns only if nothing was done.
+void use_short_openmp_waits(int argc, char** argv);
 
 // How the OpenMP threads of this process wait, for the log.
 std::string describe_openmp_waits();

@@ -167,7 +167,7 @@ void init_normal(torch::nn::Module& module, double std);
 // ~50x slower than oneDNN's convolutions at CycleGAN's sizes
 // (bench/RESULTS.md). Under CPU autocast it computes in the autocast type, as
 // the convolutions do. Off the CPU it calls torch's conv_transpose2d. Zero
-// padding only (throws ModelError otherwise).
+// padding and output_padding below the stride only (throws ModelError).
 struct TransposedConv2dImpl : torch::nn::Cloneable<TransposedConv2dImpl> {
   explicit TransposedConv2dImpl(torch::nn::ConvTranspose2dOptions options);
   void reset() override;

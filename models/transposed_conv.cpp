@@ -79,10 +79,13 @@ TransposedConv2dImpl::TransposedConv2dImpl(torch::nn::ConvTranspose2dOptions opt
     throw ModelError("transposed convolution supports zero padding only");
   const auto extra = as_vector(options.output_padding()), s = as_vector(options.stride()),
              d = as_vector(options.dilation());
+  // torch allows output_padding below the dilation too; the convolution
+  // this layer differentiates maps the output back to the input's size only
+  // when it is below the stride.
   for (int i = 0; i < 2; ++i)
-    if (extra[i] >= s[i] && extra[i] >= d[i])
+    if (extra[i] >= s[i])
       throw ModelError("transposed convolution: output_padding " + std::to_string(extra[i]) +
-                       " must be smaller than the stride or the dilation");
+                       " must be smaller than the stride " + std::to_string(s[i]));
   reset();
 }
 

@@ -19,7 +19,9 @@ struct HeldOutEvaluation::State {
   evaluate::EvalSet set;          // this rank's share of the pairs
   evaluate::EvalOptions options;  // batch, and which distance the encoder gives
   // CycleGAN's loss network (its generators have no encoder): the configured
-  // VGG, as `atelier evaluate` uses for a cyclegan checkpoint.
+  // VGG (model.vgg_weights, else the fixed random one), which `atelier
+  // evaluate` uses for a cyclegan checkpoint when given the same
+  // --vgg-weights (without, the random one).
   models::VGGEncoder loss_network{nullptr};
 };
 

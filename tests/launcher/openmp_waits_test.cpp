@@ -24,10 +24,12 @@ class OpenMPWaits : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(root); }
 
-  // The "OpenMP threads wait with ..." log line of a 1-step run under `env`.
-  std::string waits(const std::string& env, const std::string& name) {
-    const auto ran = run_shell("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT " + env + " " + ATELIER_BINARY + " train" +
-                               testing_support::tiny_train_args(root, name, 1, 1) + " --set run.log_level=info");
+  // The "OpenMP threads wait with ..." log line of a 1-step run under `env`
+  // (and `runner`, e.g. the dynamic loader).
+  std::string waits(const std::string& env, const std::string& name, const std::string& runner = "") {
+    const auto ran = run_shell("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT " + env + " " + runner + " " +
+                               ATELIER_BINARY + " train" + testing_support::tiny_train_args(root, name, 1, 1) +
+                               " --set run.log_level=info");
     EXPECT_EQ(ran.status, 0) << ran.output;
     const auto at = ran.output.find("OpenMP threads wait with ");
     if (at == std::string::npos) return "(no line) " + ran.output;
@@ -41,6 +43,16 @@ TEST_F(OpenMPWaits, ShortSpinsUnlessTheUserChose) {
   EXPECT_EQ(waits("", "a"), "OpenMP threads wait with GOMP_SPINCOUNT=1000 (atelier's default)");
   EXPECT_EQ(waits("GOMP_SPINCOUNT=5000", "b"), "OpenMP threads wait with GOMP_SPINCOUNT=5000 (yours)");
   EXPECT_EQ(waits("OMP_WAIT_POLICY=active", "c"), "OpenMP threads wait with OMP_WAIT_POLICY=active (yours)");
+}
+
+// Started through the dynamic loader, /proc/self/exe is the loader: atelier
+// must not re-execute that, and trains with libgomp's default instead.
+TEST_F(OpenMPWaits, StartedThroughTheDynamicLoaderItTrainsWithoutReexecuting) {
+  const std::string loader = "/lib64/ld-linux-x86-64.so.2";
+  if (!fs::exists(loader)) GTEST_SKIP() << "no " << loader << " on this machine";
+  EXPECT_EQ(waits("", "d", loader),
+            "OpenMP threads wait with libgomp's default spin (atelier could not re-execute itself with "
+            "GOMP_SPINCOUNT here)");
 }
 
 }  // namespace

@@ -121,6 +121,8 @@ TEST(TransposedConv2d, KeepsConvTransposesParameterNames) {
 TEST(TransposedConv2d, RefusesWhatItCannotComputeByName) {
   EXPECT_THROW(TransposedConv2d(Options(3, 2, 3).padding_mode(torch::kReflect)), ModelError);
   EXPECT_THROW(TransposedConv2d(Options(3, 2, 3).stride(2).output_padding(2)), ModelError);
+  // torch accepts this one (output_padding below the dilation); this layer cannot compute it.
+  EXPECT_THROW(TransposedConv2d(Options(3, 2, 3).dilation(2).output_padding(1)), ModelError);
   TransposedConv2d layer(Options(3, 2, 3));
   try {
     layer->forward(torch::randn({1, 4, 5, 5}));
