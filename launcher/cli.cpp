@@ -77,10 +77,7 @@ int run_train(const TrainArgs& args) {
             << "  log.txt        log\n"
             << "  metrics.jsonl  losses, learning rates, images/s per step\n"
             << "  tb/            TensorBoard events (tensorboard --logdir " << result.run_dir << "/tb)\n"
-            << "  samples/       "
-            << (config.model.family == "cyclegan" ? "A | G_A(A) | G_B(G_A(A)) | B | G_B(B) | G_A(G_B(B))"
-                                                  : "content | style | stylised")
-            << " grids\n"
+            << "  samples/       " << result.sample_legend << " grids\n"
             << "  checkpoints/   " << (result.checkpoint.empty() ? "(none)" : result.checkpoint) << "\n";
   return 0;
 }

@@ -29,6 +29,7 @@ class AdaINGAN : public GanModel {
   // content | style | stylised
   std::vector<torch::Tensor> sample_columns(const torch::Tensor& content, const torch::Tensor& style) override;
   std::string sample_tag() const override { return "samples/content_style_stylised"; }
+  std::string sample_legend() const override { return "content | style | stylised"; }
 
   // generator.pt, discriminator.pt, optimizer_g.pt, optimizer_d.pt.
   std::vector<checkpoint::StateFile> snapshot() override;

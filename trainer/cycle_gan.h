@@ -30,6 +30,7 @@ class CycleGAN : public GanModel {
   // A | G_A(A) | G_B(G_A(A)) | B | G_B(B) | G_A(G_B(B))
   std::vector<torch::Tensor> sample_columns(const torch::Tensor& real_a, const torch::Tensor& real_b) override;
   std::string sample_tag() const override { return "samples/a_fakeB_recA_b_fakeA_recB"; }
+  std::string sample_legend() const override { return "A | G_A(A) | G_B(G_A(A)) | B | G_B(B) | G_A(G_B(B))"; }
 
   // generator_a.pt, generator_b.pt, discriminator_a.pt, discriminator_b.pt,
   // optimizer_g.pt, optimizer_d.pt; each rank's pools as pools.pt.

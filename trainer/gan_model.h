@@ -40,6 +40,8 @@ class GanModel {
   // the TensorBoard tag that names them (e.g. content | style | stylised).
   virtual std::vector<torch::Tensor> sample_columns(const torch::Tensor& content, const torch::Tensor& style) = 0;
   virtual std::string sample_tag() const = 0;
+  // The columns of a sample grid in words, for people ("content | style | stylised").
+  virtual std::string sample_legend() const = 0;
 
   // Checkpoint state, copied now: `shared` is replicated (written once, by
   // rank 0), `own` is this rank's alone (under rank-<r>/).

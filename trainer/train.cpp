@@ -240,7 +240,9 @@ void run_steps(Run& run, GanModel& gan, const data::LoaderOptions& loader_opts, 
     }
     evaluation.after_step(step, total, gan, *run.comm, writers ? &writers->metrics : nullptr,
                           writers ? &writers->events : nullptr);
-    result = {run.dir.string(), start.step, step, losses.g, losses.d, result.checkpoint, run.comm->rank(), 0};
+    result.last_step = step;
+    result.loss_g = losses.g;
+    result.loss_d = losses.d;
     // Every rank looks at the signals at the same boundary, so all of them
     // stop after the same step and save it together.
     if (const int signal = signals.agree(*run.comm); signal != 0) {
@@ -307,7 +309,8 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   }
   gan.sync_replicas();
 
-  TrainResult result{run.dir.string(), start.step, start.step, 0, 0, found ? found->string() : "", run.comm->rank(), 0};
+  TrainResult result{run.dir.string(), start.step, start.step, 0, 0, found ? found->string() : "",
+                     run.comm->rank(), 0, gan.sample_legend()};
   if (start.step >= config.train.steps) {
     spdlog::info("nothing to do: {} of {} steps already done", start.step, config.train.steps);
     return result;

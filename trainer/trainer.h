@@ -147,6 +147,7 @@ struct TrainResult {
   std::string checkpoint;     // the last checkpoint directory written
   int rank = 0;               // this process's rank; only rank 0 writes the run directory
   int stop_signal = 0;        // SIGUSR1/SIGTERM when the run stopped early on one (after its checkpoint)
+  std::string sample_legend;  // the columns of the sample grids, in words
 };
 
 // Trains the configured model in <run.dir>/<run.name>, data-parallel when
