@@ -81,7 +81,7 @@ void bench_stall(Model& m, const fs::path& dir, int rounds, int every) {
       m.gan->step(m.content, m.style, 1.0);
       ++step;
       if (i == 0) {
-        coordinator.save(trainer::checkpoint_request(*m.gan, {step, {}}, 1, text, 1.0));
+        coordinator.save(trainer::checkpoint_request(*m.gan, {step, {}}, {{0, 1, 0}}, text, 1.0));
         saving.push_back(ms_since(t0));
       }
     }
@@ -154,7 +154,7 @@ void bench_resume(Model& m, const fs::path& dir, int rounds) {
     plain.push_back(ms_since(t0));
     t0 = Clock::now();
     trainer::AdaINGAN fresh(m.config);
-    trainer::restore_checkpoint(*ckpt, fresh, 0, 1, trainer::config_hash("bench: 1\n"));
+    trainer::restore_checkpoint(*ckpt, fresh, 0, 1, trainer::config_hash("bench: 1\n"), 0);
     fresh.step(m.content, m.style, 1.0);
     resume.push_back(ms_since(t0));
   }

@@ -109,12 +109,28 @@ std::string utc_now() {
   return buf;
 }
 
+Manifest manifest_of(const CheckpointInfo& info, std::vector<FileEntry> files) {
+  auto history = info.world_history;
+  if (history.empty()) history.push_back({0, info.world_size, 0});
+  if (history.back().world_size != info.world_size)
+    throw CheckpointError("checkpoint of step " + std::to_string(info.step) + ": the world-size history ends with " +
+                          std::to_string(history.back().world_size) + " rank(s) but the checkpoint is of " +
+                          std::to_string(info.world_size));
+  return {1, atelier_version(), info.step, info.epoch, info.world_size, info.config_hash, utc_now(),
+          std::move(files), std::move(history)};
+}
+
 void write_manifest(const fs::path& dir, const Manifest& m) {
   nlohmann::json files = nlohmann::json::array();
   for (const auto& f : m.files) files.push_back({{"name", f.name}, {"size", f.size}, {"crc32c", f.crc32c}});
+  nlohmann::json history = nlohmann::json::array();
+  for (const auto& span : m.world_history)
+    history.push_back(
+        {{"from_step", span.from_step}, {"world_size", span.world_size}, {"global_batch", span.global_batch}});
   const nlohmann::json j = {{"format_version", m.format_version}, {"atelier_version", m.atelier_version},
                             {"step", m.step}, {"epoch", m.epoch}, {"world_size", m.world_size},
-                            {"config_hash", m.config_hash}, {"created", m.created}, {"files", files}};
+                            {"world_history", history}, {"config_hash", m.config_hash}, {"created", m.created},
+                            {"files", files}};
   write_file_synced(dir / kManifest, j.dump(2) + "\n");
 }
 
@@ -166,6 +182,18 @@ std::vector<FileEntry> describe_files(const fs::path& staging) {
 
 std::string atelier_version() { return "0.1.0"; }
 
+std::string describe_world_history(const std::vector<WorldSpan>& history, int64_t step) {
+  std::string out;
+  for (size_t i = 0; i < history.size(); ++i) {
+    const auto& span = history[i];
+    const int64_t last = i + 1 < history.size() ? history[i + 1].from_step : step;
+    if (!out.empty()) out += ", ";
+    out += std::to_string(span.world_size) + (span.world_size == 1 ? " rank" : " ranks");
+    if (history.size() > 1) out += " (steps " + std::to_string(span.from_step + 1) + "-" + std::to_string(last) + ")";
+  }
+  return out;
+}
+
 uint32_t file_crc32c(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw CheckpointError("cannot read '" + path.string() + "'");
@@ -188,8 +216,7 @@ fs::path save(const fs::path& checkpoints_dir, const CheckpointInfo& info,
     fs::remove_all(staging);
     fs::create_directories(staging);
     write_files(staging);
-    write_manifest(staging, {1, atelier_version(), info.step, info.epoch, info.world_size, info.config_hash,
-                             utc_now(), describe_files(staging)});
+    write_manifest(staging, manifest_of(info, describe_files(staging)));
     sync_path(staging, true);
     // A checkpoint of the same step (a repeated save) is replaced whole.
     if (fs::exists(final_dir)) fs::remove_all(final_dir);
@@ -224,6 +251,12 @@ Manifest read_manifest(const fs::path& checkpoint_dir) {
     j.at("created").get_to(m.created);
     for (const auto& f : j.at("files"))
       m.files.push_back({f.at("name").get<std::string>(), f.at("size").get<uint64_t>(), f.at("crc32c").get<uint32_t>()});
+    if (j.contains("world_history")) {
+      for (const auto& span : j.at("world_history"))
+        m.world_history.push_back({span.at("from_step").get<int64_t>(), span.at("world_size").get<int64_t>(),
+                                   span.at("global_batch").get<int64_t>()});
+    }
+    if (m.world_history.empty()) m.world_history.push_back({0, m.world_size, 0});
     if (m.format_version != 1)
       throw CheckpointError("'" + path.string() + "' has format_version " + std::to_string(m.format_version) +
                             "; this atelier reads version 1");

@@ -32,6 +32,18 @@ struct FileEntry {
   uint32_t crc32c = 0;
 };
 
+// Steps after `from_step` (up to the next span's) were trained by
+// `world_size` ranks at `global_batch` images per optimiser step (0 where a
+// checkpoint written before the history existed does not say).
+struct WorldSpan {
+  int64_t from_step = 0;
+  int64_t world_size = 1;
+  int64_t global_batch = 0;
+  bool operator==(const WorldSpan& o) const {
+    return from_step == o.from_step && world_size == o.world_size && global_batch == o.global_batch;
+  }
+};
+
 struct Manifest {
   int format_version = 1;
   std::string atelier_version;
@@ -41,6 +53,9 @@ struct Manifest {
   std::string config_hash;
   std::string created;  // UTC, ISO 8601
   std::vector<FileEntry> files;
+  // Every world size the run was trained with, oldest first; the last span's
+  // world_size is `world_size`. Manifests without the key read as one span.
+  std::vector<WorldSpan> world_history;
 };
 
 // What the caller knows about the state it saves.
@@ -49,7 +64,11 @@ struct CheckpointInfo {
   int64_t epoch = 0;
   int64_t world_size = 1;
   std::string config_hash;
+  std::vector<WorldSpan> world_history = {};  // empty: one span of world_size from step 0
 };
+
+// "2 ranks (steps 1-40), 1 rank (41-60)": a history in words, up to `step`.
+std::string describe_world_history(const std::vector<WorldSpan>& history, int64_t step);
 
 // Writes checkpoints_dir/step-<step>/: `write_files(staging)` writes the
 // state into an empty staging directory; every file is then fsynced and

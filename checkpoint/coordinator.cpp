@@ -174,8 +174,7 @@ void CheckpointCoordinator::State::commit(const SaveRequest& request, std::vecto
     files.insert(files.end(), others.begin(), others.end());
     std::sort(files.begin(), files.end(), [](const FileEntry& a, const FileEntry& b) { return a.name < b.name; });
     for (int r = 0; r < comm->world_size(); ++r) fs::remove(vote_path(staging_dir, r));
-    write_manifest(staging_dir, {1, atelier_version(), info.step, info.epoch, info.world_size, info.config_hash,
-                                 utc_now(), files});
+    write_manifest(staging_dir, manifest_of(info, files));
     sync_path(staging_dir, true);
     if (fs::exists(final_dir)) fs::remove_all(final_dir);  // the same step saved again is replaced whole
     fs::rename(staging_dir, final_dir);

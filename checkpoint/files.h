@@ -45,6 +45,9 @@ class Crc32c {
 // CRC-32C of bytes in memory (file_crc32c's checksum).
 uint32_t crc32c(const std::string& bytes);
 
+// The manifest of a checkpoint of `info` holding `files`, created now.
+Manifest manifest_of(const CheckpointInfo& info, std::vector<FileEntry> files);
+
 // manifest.json of `manifest`, written and fsynced into `dir`.
 void write_manifest(const std::filesystem::path& dir, const Manifest& manifest);
 

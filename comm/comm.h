@@ -145,6 +145,12 @@ struct BucketEvent {
 //   reducer.prepare(); loss.backward(); reducer.finalize();
 // Outside prepare()..finalize() the hooks ignore gradients (a backward of
 // another network's loss that flows through these parameters).
+//
+// Gradient accumulation (DDP's no_sync): run the backward of every
+// micro-batch but the last without prepare(), so the gradients add up
+// locally in .grad, then prepare(/*accumulated=*/true) before the last
+// one: each hook then adds the parameter's .grad to the gradient it sees,
+// and one all-reduce averages the accumulated sums.
 class GradientReducer {
  public:
   // Agrees the bucket layout with every rank (CommError naming both ranks on
@@ -156,7 +162,9 @@ class GradientReducer {
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
 
-  void prepare();
+  // `accumulated`: the parameters' .grad holds earlier micro-batches'
+  // gradients, not yet reduced, which belong in this reduction.
+  void prepare(bool accumulated = false);
   // Reduces buckets whose gradients did not all arrive (an unused
   // parameter counts as a zero gradient), waits for every all-reduce, and
   // writes the averaged gradients into the parameters' .grad. Rethrows a

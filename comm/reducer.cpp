@@ -43,6 +43,7 @@ struct GradientReducer::State {
   std::mutex mutex;
   std::condition_variable changed;
   bool armed = false;       // between prepare() and finalize()
+  bool accumulated = false;  // this backward's gradients add to what .grad holds
   bool stop = false;        // the destructor asks the thread to end
   int64_t queued = 0;       // buckets handed to the thread this backward (in index order)
   int64_t taken = 0;        // buckets the thread has started
@@ -76,7 +77,13 @@ struct GradientReducer::State {
     }
     {
       torch::NoGradGuard no_grad;
-      bucket.buffer.narrow(0, bucket.offsets[slot], grad.numel()).copy_(grad.reshape(-1));
+      // A hook sees this backward's gradient before autograd adds it to
+      // .grad; with accumulation the earlier micro-batches' sum is added
+      // here, in the gradient's dtype, before any compression.
+      const auto& held = params[index].grad();
+      const auto slot_view = bucket.buffer.narrow(0, bucket.offsets[slot], grad.numel());
+      if (accumulated && held.defined()) slot_view.copy_((grad + held).reshape(-1));
+      else slot_view.copy_(grad.reshape(-1));
     }
     bucket.arrived[slot] = true;
     last_hook_us = now_us();
@@ -195,7 +202,7 @@ GradientReducer::~GradientReducer() {
   if (s.thread.joinable()) s.thread.join();
 }
 
-void GradientReducer::prepare() {
+void GradientReducer::prepare(bool accumulated) {
   auto& s = *state_;
   std::lock_guard<std::mutex> lock(s.mutex);
   if (s.armed) throw CommError("GradientReducer::prepare called twice without finalize");
@@ -207,6 +214,7 @@ void GradientReducer::prepare() {
   }
   s.queued = s.taken = s.done = 0;
   s.error = nullptr;
+  s.accumulated = accumulated;
   s.armed = true;
 }
 
@@ -215,12 +223,17 @@ void GradientReducer::finalize() {
   {
     std::unique_lock<std::mutex> lock(s.mutex);
     if (!s.armed) throw CommError("GradientReducer::finalize called without prepare");
-    // Parameters that took no part in this backward contribute zeros.
+    // Parameters that took no part in this backward contribute zeros, or
+    // what earlier micro-batches accumulated for them.
     for (auto& bucket : s.buckets) {
       if (bucket.pending == 0) continue;
-      for (size_t slot = 0; slot < bucket.params.size(); ++slot)
-        if (!bucket.arrived[slot])
-          bucket.buffer.narrow(0, bucket.offsets[slot], s.params[bucket.params[slot]].numel()).zero_();
+      for (size_t slot = 0; slot < bucket.params.size(); ++slot) {
+        if (bucket.arrived[slot]) continue;
+        const auto& p = s.params[bucket.params[slot]];
+        auto slot_view = bucket.buffer.narrow(0, bucket.offsets[slot], p.numel());
+        if (s.accumulated && p.grad().defined()) slot_view.copy_(p.grad().reshape(-1));
+        else slot_view.zero_();
+      }
       bucket.pending = 0;
       bucket.event.ready_us = s.now_us();
     }

@@ -8,6 +8,7 @@
 #include "data/data.h"
 #include "data/pixels.h"
 #include "data/protocol.h"
+#include "data/sampler.h"
 
 #include <boost/asio.hpp>
 #include <spdlog/spdlog.h>
@@ -252,12 +253,12 @@ ContentStyleBatch ServiceLoader::State::receive(Link& link, int64_t number) {
   if (id != static_cast<uint64_t>(number) || got_count != count || got_side != side)
     throw DataError("loader server " + link.wire->address() + " answered batch " + std::to_string(id) +
                     " where batch " + std::to_string(number) + " was due");
-  const int64_t first =
-      start_sample + number * count * options.world_size + options.rank * count;
+  const int64_t first = detail::rank_first_sample(start_sample, number, count, options.rank, options.world_size);
   ContentStyleBatch batch;
   batch.content = torch::empty({count, 3, side, side}, torch::kFloat);
   batch.style = torch::empty({count, 3, side, side}, torch::kFloat);
   batch.start = cursor_at(first - options.rank * count, content_count);
+  batch.first_sample = first;
   const uint8_t* content = payload.data() + proto::kBatchHeaderBytes;
   const uint8_t* style = content + pixels / 2;
   const int64_t sample_bytes = side * side * 3;
@@ -286,8 +287,8 @@ void ServiceLoader::State::serve(Link& link) {
         proto::Request request;
         request.id = static_cast<uint64_t>(number);
         request.seed = options.seed;
-        request.first = start_sample + number * options.batch_size * options.world_size +
-                        options.rank * options.batch_size;
+        request.first =
+            detail::rank_first_sample(start_sample, number, options.batch_size, options.rank, options.world_size);
         request.count = static_cast<uint32_t>(options.batch_size);
         request.load_size = static_cast<uint32_t>(options.augment.load_size);
         request.crop_size = static_cast<uint32_t>(options.augment.crop_size);

@@ -98,7 +98,8 @@ Cursor cursor_at(int64_t sample, int64_t content_count);
 struct ContentStyleBatch {
   torch::Tensor content;
   torch::Tensor style;
-  Cursor start;  // cursor of the batch's first global sample
+  Cursor start;  // cursor of the first global sample of the global batch this batch is a slice of
+  int64_t first_sample = 0;  // global sample number of this batch's row 0 (rows are consecutive samples)
 };
 
 struct LoaderOptions {

@@ -172,6 +172,7 @@ ContentStyleBatch PrefetchLoader::State::build(int64_t number) {
   batch.content = torch::empty({batch_size, 3, side, side}, torch::kFloat);
   batch.style = torch::empty({batch_size, 3, side, side}, torch::kFloat);
   batch.start = cursor_of(first - options.rank * batch_size);
+  batch.first_sample = first;
   const int64_t sample_floats = 3 * side * side;
   // Stopping is checked per sample so the destructor waits for one image, not one batch.
   for (int64_t i = 0; i < batch_size && !stopping; ++i) {

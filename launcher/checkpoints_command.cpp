@@ -37,14 +37,15 @@ int run_checkpoints(const CheckpointsArgs& args) {
     throw std::runtime_error("'" + args.run_dir + "' has no checkpoints/ directory (is it a run directory?)");
   const auto latest = checkpoint::named_latest(dir);
   const auto check = args.verify ? checkpoint::Check::Checksums : checkpoint::Check::Sizes;
-  std::printf("%-10s %-22s %-6s %-10s %s\n", "step", "created (UTC)", "epoch", "size", "status");
+  std::printf("%-10s %-22s %-6s %-10s %-10s %s\n", "step", "created (UTC)", "epoch", "size", "ranks", "status");
   int bad = 0;
   for (const auto& ckpt : checkpoint::list(dir)) {
-    std::string created = "?", epoch = "?", status;
+    std::string created = "?", epoch = "?", ranks = "?", status;
     try {
       const auto manifest = checkpoint::read_manifest(ckpt);
       created = manifest.created;
       epoch = std::to_string(manifest.epoch);
+      ranks = checkpoint::describe_world_history(manifest.world_history, manifest.step);
       checkpoint::verify(ckpt, check);
       status = args.verify ? "verified" : "complete (sizes checked; --verify for checksums)";
     } catch (const checkpoint::CheckpointError& e) {
@@ -52,8 +53,8 @@ int run_checkpoints(const CheckpointsArgs& args) {
       ++bad;
     }
     if (latest && *latest == ckpt) status += "  <- LATEST";
-    std::printf("%-10s %-22s %-6s %-10s %s\n", ckpt.filename().string().c_str(), created.c_str(), epoch.c_str(),
-                human_bytes(directory_bytes(ckpt)).c_str(), status.c_str());
+    std::printf("%-10s %-22s %-6s %-10s %-10s %s\n", ckpt.filename().string().c_str(), created.c_str(),
+                epoch.c_str(), human_bytes(directory_bytes(ckpt)).c_str(), ranks.c_str(), status.c_str());
   }
   return bad == 0 ? 0 : kExitFailure;
 }
@@ -62,7 +63,7 @@ int run_checkpoints(const CheckpointsArgs& args) {
 
 void add_checkpoints_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<CheckpointsArgs>();
-  auto* cmd = app.add_subcommand("checkpoints", "List a run's checkpoints with step, time, size and status");
+  auto* cmd = app.add_subcommand("checkpoints", "List a run's checkpoints with step, time, size, the ranks that trained them and status");
   cmd->add_option("--run", args->run_dir, "Run directory (runs/<name>)")->required();
   cmd->add_flag("--verify", args->verify, "Re-check every file's CRC-32C (default: sizes only)");
   cmd->footer("Exit code 1 when any checkpoint is corrupt.");

@@ -185,6 +185,8 @@ std::vector<Field> make_fields() {
       boolean("data.flip", AT(data.augment.flip), "random horizontal flips"),
       integer("data.workers", AT(data.workers), 1, 256, "decode threads"),
       integer("data.prefetch", AT(data.prefetch), 1, 1024, "batches decoded ahead"),
+      boolean("data.audit", AT(data.audit),
+              "record every sample each rank trains on in <run>/audit/rank-<r>.jsonl (sample numbers, pixel CRCs)"),
       choice<Adversarial>("loss.adversarial", AT(loss.adversarial),
              {{"bce", Adversarial::BCE}, {"lsgan", Adversarial::LSGAN}, {"hinge", Adversarial::Hinge}},
              "adversarial loss"),
@@ -210,7 +212,9 @@ std::vector<Field> make_fields() {
       real("optim.grad_clip", AT(optim.grad_clip), 0, 1e9, "max gradient norm per network (0 = off)"),
       integer("train.steps", AT(train.steps), 1, kBig, "optimisation steps"),
       integer("train.batch_size", AT(train.batch_size), 1, 65536,
-              "images per step PER RANK (global batch = batch_size x ranks)"),
+              "images per forward/backward pass PER RANK (global batch = batch_size x ranks unless global_batch)"),
+      integer("train.global_batch", AT(train.global_batch), 0, kBig,
+              "images per optimiser step over all ranks, by gradient accumulation (0 = batch_size x ranks)"),
       integer("train.threads", AT(train.threads), 1, 1024, "LibTorch intra-op threads"),
       choice<trainer::Precision>("train.precision", AT(train.precision),
              {{"fp32", trainer::Precision::FP32}, {"bf16", trainer::Precision::BF16}},
@@ -307,6 +311,10 @@ void check_consistency(const Config& c) {
     }
     if (c.data.token_file.empty()) throw ConfigError("data.token_file: data.source service needs the job's token file");
   }
+  if (c.train.global_batch % c.train.batch_size != 0)
+    throw ConfigError("train.global_batch (" + std::to_string(c.train.global_batch) +
+                      ") must be a multiple of train.batch_size (" + std::to_string(c.train.batch_size) +
+                      "): each rank accumulates whole micro-batches");
   const auto& g = c.model.generator;
   if (g.decoder.width != g.encoder.width)
     throw ConfigError("model.decoder_width (" + std::to_string(g.decoder.width) +

@@ -124,7 +124,15 @@ ResolvedJob resolve_job(const JobRequest& request, const SiteProfile& profile) {
   if (r.grace_s < 0) r.grace_s = profile.grace_s;
   if (r.max_requeues < 0) r.max_requeues = profile.max_requeues;
   if (r.atelier.empty()) r.atelier = profile.atelier;
-  if (r.ntasks_per_node == 0) r.ntasks_per_node = r.gpus_per_node > 0 ? r.gpus_per_node : 1;
+  if (r.ntasks > 0 && r.ntasks_per_node > 0)
+    throw ConfigError("--ntasks " + std::to_string(r.ntasks) + " with --ntasks-per-node " +
+                      std::to_string(r.ntasks_per_node) + ": give the ranks in all or per node, not both");
+  if (r.ntasks > 0 && r.gpus_per_node > 0)
+    throw ConfigError("--ntasks with --gpus-per-node " + std::to_string(r.gpus_per_node) +
+                      ": atelier runs one task (rank) per GPU, so GPU jobs give --ntasks-per-node (or nothing)");
+  if (r.ntasks > 0 && r.ntasks < r.nodes)
+    throw ConfigError("--ntasks " + std::to_string(r.ntasks) + " is fewer than --nodes " + std::to_string(r.nodes));
+  if (r.ntasks == 0 && r.ntasks_per_node == 0) r.ntasks_per_node = r.gpus_per_node > 0 ? r.gpus_per_node : 1;
   if (r.gpus_per_node > 0 && r.ntasks_per_node != r.gpus_per_node)
     throw ConfigError("--ntasks-per-node " + std::to_string(r.ntasks_per_node) + " with --gpus-per-node " +
                       std::to_string(r.gpus_per_node) + ": atelier runs one task (rank) per GPU");
@@ -167,7 +175,8 @@ std::string render_sbatch_script(const ResolvedJob& job, const SiteProfile& prof
                            {{"profile", profile.name},
                             {"job_name", "atelier-" + r.run_name},
                             {"nodes", std::to_string(r.nodes)},
-                            {"ntasks_per_node", std::to_string(r.ntasks_per_node)},
+                            {"tasks", r.ntasks > 0 ? "--ntasks=" + std::to_string(r.ntasks)
+                                                   : "--ntasks-per-node=" + std::to_string(r.ntasks_per_node)},
                             {"time", r.time},
                             {"grace", std::to_string(r.grace_s)},
                             {"run_dir", r.run_dir.string()},

@@ -59,6 +59,7 @@ struct JobRequest {
   int nodes = 1;
   int gpus_per_node = 0;           // 0: a CPU job
   int ntasks_per_node = 0;         // 0: one per GPU (1 for a CPU job)
+  int ntasks = 0;                  // > 0: this many ranks in all, placed by SLURM (instead of per node)
   std::string partition;           // "" = the profile's
   std::string time;                // "" = the profile's
   int grace_s = -1;                // -1 = the profile's

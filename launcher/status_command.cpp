@@ -69,8 +69,9 @@ void print_checkpoint(const fs::path& run_dir) {
     return;
   }
   const auto manifest = checkpoint::read_manifest(*found);
-  std::printf("checkpoint:  %s (step %lld, %s)\n", found->string().c_str(), static_cast<long long>(manifest.step),
-              manifest.created.c_str());
+  std::printf("checkpoint:  %s (step %lld, %s, trained on %s)\n", found->string().c_str(),
+              static_cast<long long>(manifest.step), manifest.created.c_str(),
+              checkpoint::describe_world_history(manifest.world_history, manifest.step).c_str());
 }
 
 int run_status(const StatusArgs& args) {

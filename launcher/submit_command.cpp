@@ -77,8 +77,11 @@ int run_submit(SubmitArgs args) {
   log_start_point(r.run_dir);
   const auto job_id = submit_script(job_script_path(r.run_dir));
   record_job_id(r.run_dir, job_id);
-  spdlog::info("submitted job {}: {} node(s) x {} task(s), profile '{}', log {}/job-{}.out", job_id, r.nodes,
-               job.request.ntasks_per_node, profile.name, slurm_dir(r.run_dir).string(), job_id);
+  const auto& t = job.request;
+  const std::string tasks = t.ntasks > 0 ? std::to_string(t.ntasks) + " task(s) on " + std::to_string(t.nodes) + " node(s)"
+                                         : std::to_string(t.nodes) + " node(s) x " + std::to_string(t.ntasks_per_node) + " task(s)";
+  spdlog::info("submitted job {}: {}, profile '{}', log {}/job-{}.out", job_id, tasks, profile.name,
+               slurm_dir(r.run_dir).string(), job_id);
   std::cout << job_id << std::endl;
   return 0;
 }
@@ -98,6 +101,9 @@ void add_submit_command(CLI::App& app, int& exit_code) {
       ->capture_default_str();
   cmd->add_option("--ntasks-per-node", r.ntasks_per_node, "Ranks per node (default: one per GPU, 1 on CPU)")
       ->check(CLI::Range(1, 4096));
+  cmd->add_option("-n,--ntasks", r.ntasks,
+                  "Ranks in all, placed by SLURM (CPU jobs; `scontrol update` can change it while the job is requeued)")
+      ->check(CLI::Range(1, 1000000));
   cmd->add_option("-p,--partition", r.partition, "Partition (default: the profile's)");
   cmd->add_option("-t,--time", r.time, "Time limit, e.g. 24:00:00 (default: the profile's)");
   cmd->add_option("--grace", r.grace_s, "Seconds before the time limit at which the job checkpoints and requeues")

@@ -26,67 +26,101 @@ void AdaINGAN::sync_replicas() {
   if (comm_ && comm_->world_size() > 1) comm::broadcast_from_rank0(*comm_, state_tensors());
 }
 
-StepLosses AdaINGAN::step(const torch::Tensor& content_in, const torch::Tensor& style_in, double lr_scale) {
-  const auto& loss = config_.loss;
-  const auto precision = config_.train.precision;
-  const auto content = laid_out(config_.train, content_in), style = laid_out(config_.train, style_in);
+// One micro-batch's inputs and generator output, kept from the
+// discriminator's pass to the generator's.
+struct AdaINGAN::Pass {
+  std::vector<torch::Tensor> style_features;  // the frozen encoder's, of the style images
+  torch::Tensor target;                       // AdaIN of the content features
+  torch::Tensor fake;                         // the decoder's output, with its graph
+};
+
+StepLosses AdaINGAN::step(const std::vector<MicroBatch>& micro, double lr_scale) {
   set_adam_lr(*optimizer_g_, config_.optim.lr_g * lr_scale);
   set_adam_lr(*optimizer_d_, config_.optim.lr_d * lr_scale);
   generator->train();
   discriminator->train();
+  // Each micro-batch's decoder graph lives until its generator backward:
+  // D steps on the whole global batch before G's losses see the new D.
+  std::vector<Pass> passes;
+  const double loss_d = discriminator_step(micro, passes);
+  auto losses = generator_step(passes);
+  losses.d = loss_d;
+  return losses;
+}
 
-  // The encoder is frozen: its features of the inputs are constants, computed
-  // once and shared by AdaIN, the content target and the style loss.
-  std::vector<torch::Tensor> style_features;
-  torch::Tensor target, fake, loss_d;
-  {
-    const Autocast autocast(precision);
-    {
-      torch::NoGradGuard no_grad;
-      style_features = generator->encoder->forward_features(style);
-      target = models::adain(generator->encoder->forward(content), style_features.back());
-    }
-    fake = generator->decoder->forward(target);
-    // Discriminator: real style images against detached stylised ones.
-    loss_d = models::discriminator_loss(loss.adversarial, discriminator->forward(style),
-                                        discriminator->forward(fake.detach()));
-  }
+double AdaINGAN::discriminator_step(const std::vector<MicroBatch>& micro, std::vector<Pass>& passes) {
+  const auto precision = config_.train.precision;
+  const size_t k = micro.size();
   optimizer_d_->zero_grad();
-  if (reducer_d_) reducer_d_->prepare();
-  loss_d.backward();
+  double sum = 0;
+  for (size_t j = 0; j < k; ++j) {
+    const auto content = laid_out(config_.train, micro[j].content), style = laid_out(config_.train, micro[j].style);
+    Pass pass;
+    torch::Tensor loss_d;
+    {
+      const Autocast autocast(precision);
+      // The encoder is frozen: its features of the inputs are constants,
+      // computed once and shared by AdaIN, the content target and the style loss.
+      {
+        torch::NoGradGuard no_grad;
+        pass.style_features = generator->encoder->forward_features(style);
+        pass.target = models::adain(generator->encoder->forward(content), pass.style_features.back());
+      }
+      pass.fake = generator->decoder->forward(pass.target);
+      // Discriminator: real style images against detached stylised ones.
+      loss_d = models::discriminator_loss(config_.loss.adversarial, discriminator->forward(style),
+                                          discriminator->forward(pass.fake.detach()));
+    }
+    // Only the last micro-batch's backward is reduced, with what the
+    // others left in .grad (DDP's no_sync).
+    if (reducer_d_ && j + 1 == k) reducer_d_->prepare(/*accumulated=*/k > 1);
+    micro_batch_share(loss_d, k).backward();
+    sum += loss_d.item<double>();
+    passes.push_back(std::move(pass));
+  }
   // The average over ranks replaces this rank's gradient before clipping,
   // so every replica clips and steps identically.
   if (reducer_d_) reducer_d_->finalize();
   clip_gradients(discriminator->parameters(), config_.optim.grad_clip);
   optimizer_d_->step();
+  return sum / static_cast<double>(k);
+}
 
+StepLosses AdaINGAN::generator_step(std::vector<Pass>& passes) {
+  const auto& loss = config_.loss;
+  const size_t k = passes.size();
   // Generator: fool D, keep the content, match the style statistics.
   optimizer_g_->zero_grad();
-  torch::Tensor adv, content_term, style_term, tv, loss_g;
-  {
-    const Autocast autocast(precision);
-    adv = models::generator_adversarial_loss(loss.adversarial, discriminator->forward(fake));
-    const auto output_features = generator->encoder->forward_features(fake);
-    content_term = models::content_loss(output_features.back(), target);
-    style_term = models::style_loss(output_features, style_features, loss.style_statistics);
-    tv = models::total_variation_loss(fake);
-    loss_g = loss.adversarial_weight * adv + loss.content_weight * content_term +
-             loss.style_weight * style_term + loss.tv_weight * tv;
+  double adv_sum = 0, content_sum = 0, style_sum = 0, tv_sum = 0, g_sum = 0;
+  for (size_t j = 0; j < k; ++j) {
+    auto& pass = passes[j];
+    torch::Tensor adv, content_term, style_term, tv, loss_g;
+    {
+      const Autocast autocast(config_.train.precision);
+      adv = models::generator_adversarial_loss(loss.adversarial, discriminator->forward(pass.fake));
+      const auto output_features = generator->encoder->forward_features(pass.fake);
+      content_term = models::content_loss(output_features.back(), pass.target);
+      style_term = models::style_loss(output_features, pass.style_features, loss.style_statistics);
+      tv = models::total_variation_loss(pass.fake);
+      loss_g = loss.adversarial_weight * adv + loss.content_weight * content_term +
+               loss.style_weight * style_term + loss.tv_weight * tv;
+    }
+    // Only G's reducer is armed: the gradients this backward leaves on D's
+    // parameters are cleared by the next D step and never reduced.
+    if (reducer_g_ && j + 1 == k) reducer_g_->prepare(/*accumulated=*/k > 1);
+    micro_batch_share(loss_g, k).backward();
+    pass = {};  // this micro-batch's graph is spent
+    adv_sum += adv.item<double>();
+    content_sum += content_term.item<double>();
+    style_sum += style_term.item<double>();
+    tv_sum += tv.item<double>();
+    g_sum += loss_g.item<double>();
   }
-  // Only G's reducer is armed: the gradients this backward leaves on D's
-  // parameters are cleared by the next D step and never reduced.
-  if (reducer_g_) reducer_g_->prepare();
-  loss_g.backward();
   if (reducer_g_) reducer_g_->finalize();
   clip_gradients(generator->trainable_parameters(), config_.optim.grad_clip);
   optimizer_g_->step();
-
-  return {loss_d.item<double>(),
-          loss_g.item<double>(),
-          {{"adv", adv.item<double>()},
-           {"content", content_term.item<double>()},
-           {"style", style_term.item<double>()},
-           {"tv", tv.item<double>()}}};
+  const double n = static_cast<double>(k);
+  return {0, g_sum / n, {{"adv", adv_sum / n}, {"content", content_sum / n}, {"style", style_sum / n}, {"tv", tv_sum / n}}};
 }
 
 torch::Tensor AdaINGAN::stylize(const torch::Tensor& content, const torch::Tensor& style) {
@@ -106,11 +140,12 @@ std::vector<checkpoint::StateFile> AdaINGAN::snapshot() {
           copied("optimizer_g.pt", *optimizer_g_), copied("optimizer_d.pt", *optimizer_d_)};
 }
 
-void AdaINGAN::load(const fs::path& dir, const fs::path& /*rank_dir*/) {
+std::string AdaINGAN::load(const fs::path& dir, const RankShare& /*share: nothing per rank*/) {
   torch::load(generator, (dir / "generator.pt").string());
   torch::load(discriminator, (dir / "discriminator.pt").string());
   torch::load(*optimizer_g_, (dir / "optimizer_g.pt").string());
   torch::load(*optimizer_d_, (dir / "optimizer_d.pt").string());
+  return "";
 }
 
 }  // namespace atelier::trainer

@@ -20,9 +20,10 @@ class AdaINGAN : public GanModel {
   void sync_replicas() override;
   std::vector<torch::Tensor> state_tensors() override;
 
-  // One discriminator update, then one generator update. Terms: adv,
-  // content, style, tv.
-  StepLosses step(const torch::Tensor& content, const torch::Tensor& style, double lr_scale) override;
+  // One discriminator update, then one generator update, each over every
+  // micro-batch. Terms: adv, content, style, tv.
+  using GanModel::step;
+  StepLosses step(const std::vector<MicroBatch>& micro, double lr_scale) override;
 
   // Stylised images for samples, without gradients.
   torch::Tensor stylize(const torch::Tensor& content, const torch::Tensor& style);
@@ -33,7 +34,7 @@ class AdaINGAN : public GanModel {
 
   // generator.pt, discriminator.pt, optimizer_g.pt, optimizer_d.pt.
   std::vector<checkpoint::StateFile> snapshot() override;
-  void load(const std::filesystem::path& dir, const std::filesystem::path& rank_dir) override;
+  std::string load(const std::filesystem::path& dir, const RankShare& share) override;
 
   models::AdaINGenerator* adain_generator() override { return &generator; }
 
@@ -41,6 +42,12 @@ class AdaINGAN : public GanModel {
   models::PatchDiscriminator discriminator{nullptr};
 
  private:
+  struct Pass;
+  // D's update over every micro-batch (returns its mean loss), keeping each
+  // micro-batch's generator pass in `passes` for G's update.
+  double discriminator_step(const std::vector<MicroBatch>& micro, std::vector<Pass>& passes);
+  StepLosses generator_step(std::vector<Pass>& passes);
+
   Config config_;
   std::shared_ptr<comm::Communicator> comm_;
   std::unique_ptr<comm::GradientReducer> reducer_g_;  // null in a world of one

@@ -1,5 +1,7 @@
 #include "trainer/checkpointing.h"
 
+#include "trainer/elastic.h"
+
 #include <spdlog/spdlog.h>
 
 #include <boost/crc.hpp>
@@ -61,14 +63,16 @@ std::string config_hash(const std::string& resolved_yaml) {
   return hex.str();
 }
 
-checkpoint::SaveRequest checkpoint_request(GanModel& gan, const RunPosition& position, int world_size,
+checkpoint::SaveRequest checkpoint_request(GanModel& gan, const RunPosition& position,
+                                           const std::vector<checkpoint::WorldSpan>& history,
                                            const RunConfigText& config, double lr_factor) {
+  const int64_t world_size = history.back().world_size;
   checkpoint::SaveRequest request;
-  request.info = {position.step, position.cursor.epoch, world_size, config.hash};
+  request.info = {position.step, position.cursor.epoch, world_size, config.hash, history};
   request.shared = gan.snapshot();
   const nlohmann::json state = {{"step", position.step},          {"epoch", position.cursor.epoch},
                                 {"cursor", cursor_json(position.cursor)}, {"lr_factor", lr_factor},
-                                {"world_size", world_size}};
+                                {"world_size", world_size},       {"global_batch", history.back().global_batch}};
   request.shared.push_back({kTrainerState, state.dump(2) + "\n", {}});
   request.shared.push_back({kConfig, config.yaml, {}});
   request.own.push_back({kRankRng, rng_bytes(), {}});
@@ -77,32 +81,31 @@ checkpoint::SaveRequest checkpoint_request(GanModel& gan, const RunPosition& pos
   return request;
 }
 
-RunPosition restore_checkpoint(const fs::path& checkpoint_dir, GanModel& gan, int rank, int world_size,
-                               const std::string& hash) {
+Restored restore_checkpoint(const fs::path& checkpoint_dir, GanModel& gan, int rank, int world_size,
+                            const std::string& hash, uint64_t seed) {
   const auto manifest = checkpoint::read_manifest(checkpoint_dir);
-  // The global batch and each rank's slice of it depend on the world size:
-  // resuming with another one would not continue the same sample stream.
-  if (manifest.world_size != world_size)
-    throw TrainError("--resume: " + checkpoint_dir.string() + " was trained by " +
-                     std::to_string(manifest.world_size) + " rank(s) but this job has " + std::to_string(world_size) +
-                     ": resume with the same number of ranks (mpirun -np " + std::to_string(manifest.world_size) + ")");
   if (manifest.config_hash != hash && rank == 0)
     spdlog::warn("resuming {} with a configuration that differs from the one it was saved with",
                  checkpoint_dir.string());
-  gan.load(checkpoint_dir, checkpoint_dir / ("rank-" + std::to_string(rank)));
-  restore_rng(checkpoint_dir, rank);
   const auto shared = read_json(checkpoint_dir / kTrainerState);
-  RunPosition position{shared.at("step").get<int64_t>(), cursor_of(shared.at("cursor"))};
-  const auto own_path = checkpoint_dir / ("rank-" + std::to_string(rank)) / kRankState;
-  if (fs::exists(own_path)) {
-    const auto own = cursor_of(read_json(own_path).at("cursor"));
-    // One sampler serves every rank from the global cursor; a rank whose
-    // own record disagrees was saved from another stream.
-    if (!(own == position.cursor))
-      throw TrainError("checkpoint " + checkpoint_dir.string() + ": rank " + std::to_string(rank) +
+  Restored restored;
+  restored.position = {shared.at("step").get<int64_t>(), cursor_of(shared.at("cursor"))};
+  restored.saved_world_size = static_cast<int>(manifest.world_size);
+  restored.world_history = manifest.world_history;
+  const RankShare share{restored.saved_world_size, rank, world_size};
+  restored.redistributed = gan.load(checkpoint_dir, share);
+  // The sample stream is global: one cursor serves every rank, old or new.
+  // A saved rank whose own record disagrees was saved from another stream.
+  for (int q = 0; q < restored.saved_world_size; ++q) {
+    if (share.same_world() && q != rank) continue;
+    const auto own_path = checkpoint_dir / ("rank-" + std::to_string(q)) / kRankState;
+    if (fs::exists(own_path) && !(cursor_of(read_json(own_path).at("cursor")) == restored.position.cursor))
+      throw TrainError("checkpoint " + checkpoint_dir.string() + ": rank " + std::to_string(q) +
                        "'s data cursor differs from the run's");
   }
-  return position;
+  if (share.same_world()) restore_rng(checkpoint_dir, rank);
+  else torch::manual_seed(resumed_rank_seed(seed, restored.position.step, rank));
+  return restored;
 }
 
 }  // namespace atelier::trainer

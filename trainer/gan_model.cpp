@@ -25,6 +25,10 @@ torch::optim::AdamOptions adam_options(double lr, const OptimConfig& optim) {
   return torch::optim::AdamOptions(lr).betas(std::make_tuple(optim.beta1, optim.beta2)).eps(optim.eps);
 }
 
+torch::Tensor micro_batch_share(const torch::Tensor& loss, size_t micro_batches) {
+  return micro_batches == 1 ? loss : loss / static_cast<double>(micro_batches);
+}
+
 void set_adam_lr(torch::optim::Adam& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
 }

@@ -15,6 +15,23 @@
 
 namespace atelier::trainer {
 
+// A rank's batch of one forward and backward pass: `content` and `style`
+// (CycleGAN: domains A and B), float [B, 3, S, S] in [-1, 1].
+struct MicroBatch {
+  torch::Tensor content;
+  torch::Tensor style;
+};
+
+// Which saved per-rank state a rank of this job takes over: its own
+// (rank-<rank>/) when saved_world_size equals world_size, else a share of
+// every saved rank's (trainer/elastic.h).
+struct RankShare {
+  int saved_world_size = 1;
+  int rank = 0;
+  int world_size = 1;
+  bool same_world() const { return saved_world_size == world_size; }
+};
+
 // The losses of one step, averaged over the batch.
 struct StepLosses {
   double d = 0;  // discriminator loss (the sum over discriminators)
@@ -32,9 +49,16 @@ class GanModel {
   // Every parameter and buffer that replicas must agree on.
   virtual std::vector<torch::Tensor> state_tensors() = 0;
 
-  // One update of every network at learning rates scaled by `lr_scale`;
-  // `content` and `style` are this rank's batches (CycleGAN: domains A, B).
-  virtual StepLosses step(const torch::Tensor& content, const torch::Tensor& style, double lr_scale) = 0;
+  // One update of every network at learning rates scaled by `lr_scale`
+  // from this rank's `micro` batches (at least one): each network's
+  // gradients are accumulated over them, as the mean over all their
+  // images, and averaged over ranks once, before its optimiser steps
+  // (train.global_batch). Losses are the means over the micro-batches.
+  virtual StepLosses step(const std::vector<MicroBatch>& micro, double lr_scale) = 0;
+  // The same for one batch.
+  StepLosses step(const torch::Tensor& content, const torch::Tensor& style, double lr_scale) {
+    return step(std::vector<MicroBatch>{{content, style}}, lr_scale);
+  }
 
   // The columns of a sample grid for these pairs, without gradients, and
   // the TensorBoard tag that names them (e.g. content | style | stylised).
@@ -47,8 +71,10 @@ class GanModel {
   // rank 0), `own` is this rank's alone (under rank-<r>/).
   virtual std::vector<checkpoint::StateFile> snapshot() = 0;
   virtual std::vector<checkpoint::StateFile> snapshot_own() { return {}; }
-  // Reads them back: `dir` the checkpoint, `rank_dir` this rank's part.
-  virtual void load(const std::filesystem::path& dir, const std::filesystem::path& rank_dir) = 0;
+  // Reads them back from checkpoint `dir`: the shared state, and the
+  // per-rank state that `share` says is this rank's. Returns what was
+  // redistributed, in words, for rank 0's log ("" when nothing was).
+  virtual std::string load(const std::filesystem::path& dir, const RankShare& share) = 0;
 
   // The AdaIN generator, for what only that family has (evaluation); null otherwise.
   virtual models::AdaINGenerator* adain_generator() { return nullptr; }
@@ -95,6 +121,11 @@ std::string cpu_flags();
 // An image batch in the memory order train.channels_last asks for.
 torch::Tensor laid_out(const TrainOptions& train, const torch::Tensor& images);
 
+// A micro-batch's loss as its share of the step's: loss / k for k
+// micro-batches, so that accumulated gradients are those of the mean over
+// the whole batch. With k = 1 the loss itself (the step is unchanged).
+torch::Tensor micro_batch_share(const torch::Tensor& loss, size_t micro_batches);
+
 // Sets Adam's learning rate of every group to `lr`.
 void set_adam_lr(torch::optim::Adam& optimizer, double lr);
 
@@ -110,8 +141,10 @@ void clip_gradients(const std::vector<torch::Tensor>& parameters, double max_nor
 std::vector<torch::Tensor> parameters_and_buffers(const std::vector<torch::nn::Module*>& networks);
 
 // A copy of a module's or an Adam optimiser's state, taken now; the file's
-// bytes (those torch::save would write now) are made on the checkpoint's
-// writer thread (trainer/state_copy.cpp).
+// bytes are made on the checkpoint's writer thread (trainer/state_copy.cpp):
+// torch::save's for a module; for Adam, the archive torch::load reads with
+// each parameter named by its position, so the same state always gives the
+// same bytes.
 checkpoint::StateFile copied(const std::string& name, const torch::nn::Module& module);
 checkpoint::StateFile copied(const std::string& name, const torch::optim::Adam& optimizer);
 

@@ -28,6 +28,29 @@ class MetricsLog {
   std::ofstream out_;
 };
 
+// data.audit: every sample this rank trains on, appended to
+// <dir>/rank-<r>.jsonl as one JSON line per micro-batch:
+//   {"step": s, "micro": j, "rank": r, "world_size": w, "first_sample": n,
+//    "content_crc32c": [...], "style_crc32c": [...]}
+// (rows are global samples n, n+1, ...; each CRC-32C is of that row's float
+// pixels as trained on). Flushed per line.
+class SampleAudit {
+ public:
+  SampleAudit(const std::filesystem::path& dir, int rank, int world_size);
+  void record(int64_t step, int64_t micro, const torch::Tensor& content, const torch::Tensor& style,
+              int64_t first_sample);
+  // Removes the lines of steps after `step` from every rank's file in
+  // `dir`: a job that stopped between checkpoints trained them, and the job
+  // resuming from `step` trains them again. Each file is replaced atomically.
+  static void forget_after(const std::filesystem::path& dir, int64_t step);
+
+ private:
+  std::filesystem::path path_;
+  std::ofstream out_;
+  int rank_;
+  int world_size_;
+};
+
 // Writes a grid with one row per pair and the given columns side by side
 // (e.g. content | style | stylised) as samples/step-<N>.png and as the
 // TensorBoard image `tag`. Tensors are [B, 3, S, S] in [-1, 1]. Returns the

@@ -1,8 +1,9 @@
 // Checkpoint state copied in the step and serialised on the writer thread:
 // an asynchronous save then costs the step a copy of the tensors (~5 ms for
 // the demo model) instead of torch::save's pickling and zip CRCs (~20 ms).
-// The bytes are what torch::save of the live module or optimiser would
-// have written at the moment of the copy.
+// A module's bytes are what torch::save of the live module would have
+// written at the moment of the copy; an optimiser's are torch::save's with
+// parameters named by position (write_adam), which torch::load reads.
 #include <torch/torch.h>
 
 #include <memory>
@@ -78,6 +79,45 @@ struct AdamCopy {
   std::vector<std::vector<std::unique_ptr<torch::optim::AdamParamState>>> states;  // null: no state yet
 };
 
+// Parameter i of group g, as the optimiser's file names it.
+std::string position_key(size_t group, size_t index) {
+  return "group_" + std::to_string(group) + "_param_" + std::to_string(index);
+}
+
+// The archive Adam::save writes (torch/optim/serialize.h: "pytorch_version",
+// "state", "param_groups"), which torch::load(Adam&) reads back, with one
+// difference: Adam::save names each parameter by its TensorImpl's address
+// and writes the states in hash-map order, so two processes that reach the
+// same state write different bytes. Here a parameter is named by its
+// position and the states are written in that order: the same state gives
+// the same file, whatever process or world size made it.
+void write_adam(torch::serialize::OutputArchive& archive, const AdamCopy& copy) {
+  const auto unit = archive.compilation_unit();
+  archive.write("pytorch_version", c10::IValue("1.5.0"));
+  torch::serialize::OutputArchive states(unit);
+  for (size_t g = 0; g < copy.states.size(); ++g)
+    for (size_t i = 0; i < copy.states[g].size(); ++i)
+      if (const auto& state = copy.states[g][i]) {
+        torch::serialize::OutputArchive one(unit);
+        state->serialize(one);
+        states.write(position_key(g, i), one);
+      }
+  archive.write("state", states);
+  torch::serialize::OutputArchive groups(unit);
+  groups.write("param_groups/size", torch::tensor(static_cast<int64_t>(copy.states.size())));
+  for (size_t g = 0; g < copy.states.size(); ++g) {
+    torch::serialize::OutputArchive group(unit);
+    group.write("params/size", torch::tensor(static_cast<int64_t>(copy.states[g].size())));
+    for (size_t i = 0; i < copy.states[g].size(); ++i)
+      group.write("params/" + std::to_string(i), c10::IValue(position_key(g, i)));
+    torch::serialize::OutputArchive options(unit);
+    static_cast<const torch::optim::AdamOptions&>(*copy.options[g]).serialize(options);
+    group.write("options", options);
+    groups.write("param_groups/" + std::to_string(g), group);
+  }
+  archive.write("param_groups", groups);
+}
+
 }  // namespace
 
 checkpoint::StateFile copied(const std::string& name, const torch::nn::Module& module) {
@@ -106,20 +146,8 @@ checkpoint::StateFile copied(const std::string& name, const torch::optim::Adam& 
   }
   checkpoint::StateFile file{name, {}, {}};
   file.produce = [copy] {
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    for (size_t g = 0; g < copy->states.size(); ++g) {
-      std::vector<torch::Tensor> placeholders;
-      for (size_t i = 0; i < copy->states[g].size(); ++i) placeholders.push_back(torch::empty({0}));
-      groups.emplace_back(std::move(placeholders), copy->options[g]->clone());
-    }
-    torch::optim::Adam shadow(std::move(groups));
-    for (size_t g = 0; g < copy->states.size(); ++g)
-      for (size_t i = 0; i < copy->states[g].size(); ++i)
-        if (const auto& state = copy->states[g][i])  // a private copy: the shadow may share its tensors
-          shadow.state()[state_key(shadow.param_groups()[g].params()[i])] =
-              static_cast<const torch::optim::OptimizerParamState&>(*state).clone();
     torch::serialize::OutputArchive archive(std::make_shared<torch::jit::CompilationUnit>());
-    shadow.save(archive);
+    write_adam(archive, *copy);
     return bytes_of(archive);
   };
   return file;

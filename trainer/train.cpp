@@ -12,6 +12,7 @@
 #include "checkpoint/checkpoint.h"
 #include "trainer/gan_model.h"
 #include "trainer/checkpointing.h"
+#include "trainer/elastic.h"
 #include "trainer/evaluation.h"
 #include "trainer/event_file.h"
 #include "trainer/run_files.h"
@@ -179,6 +180,9 @@ struct Run {
   RunConfigText text;
   std::shared_ptr<comm::Communicator> comm;
   std::optional<RunLog> log;  // rank 0 only
+  int64_t micro_batches = 1;  // per rank and step (train.global_batch)
+  std::vector<checkpoint::WorldSpan> history = {};  // world sizes of the run; the last is this job's
+  int64_t global_batch() const { return config.train.batch_size * comm->world_size() * micro_batches; }
 };
 
 checkpoint::CoordinatorOptions coordinator_options(const Config& config) {
@@ -190,7 +194,7 @@ checkpoint::CoordinatorOptions coordinator_options(const Config& config) {
 // be on disk before the job exits: a failure here fails the run.
 std::string final_checkpoint(checkpoint::CheckpointCoordinator& coordinator, Run& run, GanModel& gan,
                              const RunPosition& position, double lr) {
-  coordinator.save(checkpoint_request(gan, position, run.comm->world_size(), run.text, lr), /*required=*/true);
+  coordinator.save(checkpoint_request(gan, position, run.history, run.text, lr), /*required=*/true);
   const auto outcome = coordinator.finish();
   if (!outcome || !outcome->committed || outcome->step != position.step)
     throw TrainError("the checkpoint of step " + std::to_string(position.step) +
@@ -212,21 +216,30 @@ void run_steps(Run& run, GanModel& gan, const data::LoaderOptions& loader_opts, 
   if (leader) {
     if (!loader_opts.content.empty() && !loader_opts.style.empty())
       std::tie(sample_content, sample_style) = sample_inputs(loader_opts, config.train.sample_count);
-    writers.emplace(run.dir, start.step, total, config.train.batch_size * run.comm->world_size());
-    spdlog::info("training {} steps of batch {} x {} rank(s) at {} px in {}", total - start.step,
-                 config.train.batch_size, run.comm->world_size(), config.data.augment.crop_size, run.dir.string());
+    writers.emplace(run.dir, start.step, total, run.global_batch());
+    spdlog::info("training {} steps of global batch {} ({} rank(s) x {} micro-batch(es) of {}) at {} px in {}",
+                 total - start.step, run.global_batch(), run.comm->world_size(), run.micro_batches,
+                 config.train.batch_size, config.data.augment.crop_size, run.dir.string());
   }
+  std::optional<SampleAudit> audit;
+  if (config.data.audit) audit.emplace(run.dir / "audit", run.comm->rank(), run.comm->world_size());
   RunPosition position = start;
   double lr = lr_factor(config.optim, start.step, total);
+  std::vector<MicroBatch> micro;
   for (int64_t step = start.step + 1; step <= total; ++step) {
-    const auto batch = loader->next();
-    if (leader && !sample_content.defined()) {  // a service run without local images: the first batch
-      const int64_t n = std::min(config.train.sample_count, batch.content.size(0));
-      sample_content = batch.content.slice(0, 0, n).clone();
-      sample_style = batch.style.slice(0, 0, n).clone();
+    micro.clear();
+    for (int64_t j = 0; j < run.micro_batches; ++j) {
+      const auto batch = loader->next();
+      if (audit) audit->record(step, j, batch.content, batch.style, batch.first_sample);
+      if (leader && !sample_content.defined()) {  // a service run without local images: the first batch
+        const int64_t n = std::min(config.train.sample_count, batch.content.size(0));
+        sample_content = batch.content.slice(0, 0, n).clone();
+        sample_style = batch.style.slice(0, 0, n).clone();
+      }
+      micro.push_back({batch.content, batch.style});
     }
     lr = lr_factor(config.optim, step - 1, total);
-    const auto losses = average_losses(*run.comm, gan.step(batch.content, batch.style, lr));
+    const auto losses = average_losses(*run.comm, gan.step(micro, lr));
     position = {step, loader->cursor()};
     if (!std::isfinite(losses.g) || !std::isfinite(losses.d))
       throw TrainError("non-finite loss at step " + std::to_string(step) + ": " + format_losses(losses));
@@ -251,10 +264,32 @@ void run_steps(Run& run, GanModel& gan, const data::LoaderOptions& loader_opts, 
       break;
     }
     if (step != total && step % config.checkpoint.every_steps == 0)
-      coordinator.save(checkpoint_request(gan, position, run.comm->world_size(), run.text, lr));
+      coordinator.save(checkpoint_request(gan, position, run.history, run.text, lr));
   }
   if (writers) writers->events.flush();
   result.checkpoint = final_checkpoint(coordinator, run, gan, position, lr);
+}
+
+// Said once, by rank 0, when a job resumes on another number of ranks than
+// wrote its checkpoint: what happens to the batch and to per-rank state.
+void log_world_change(const Run& run, const Restored& restored) {
+  const int saved = restored.saved_world_size, now = run.comm->world_size();
+  if (saved == now) return;
+  const int64_t before = restored.world_history.back().global_batch > 0 ? restored.world_history.back().global_batch
+                                                                        : run.config.train.batch_size * saved;
+  std::string batch;
+  if (run.config.train.global_batch > 0)
+    batch = "the global batch stays " + std::to_string(run.global_batch()) + " (" + std::to_string(now) +
+            " rank(s) x " + std::to_string(run.micro_batches) + " micro-batch(es) of " +
+            std::to_string(run.config.train.batch_size) + ", gradients accumulated)";
+  else
+    batch = "the global batch changes from " + std::to_string(before) + " to " + std::to_string(run.global_batch()) +
+            " (" + std::to_string(now) + " rank(s) x train.batch_size " + std::to_string(run.config.train.batch_size) +
+            "; set train.global_batch to keep it)";
+  spdlog::warn("world size changed from {} to {} rank(s) at step {}: {}; the sample stream continues from the "
+               "checkpoint's global position; every rank's RNG is reseeded from (train.seed, step, rank)",
+               saved, now, restored.position.step, batch);
+  if (!restored.redistributed.empty()) spdlog::warn("{}", restored.redistributed);
 }
 
 void check_sources(const Config& config) {
@@ -269,6 +304,7 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   check_sources(config);
   Run run{config, fs::path(config.run.dir) / config.run.name, {resolved_yaml, config_hash(resolved_yaml)},
           comm::make_communicator(comm::detect_environment(), {config.dist.backend, config.dist.timeout_s}), {}};
+  run.micro_batches = micro_batches_per_step(config.train.global_batch, config.train.batch_size, run.comm->world_size());
   const bool leader = run.comm->rank() == 0;
   // Every rank makes the same checks on the same (shared) directory, so a
   // refusal ends every rank with the same message instead of a hang.
@@ -304,8 +340,21 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   if (!leader) torch::manual_seed(rank_seed(config.train.seed, run.comm->rank()));
   RunPosition start;
   if (resume) {
-    start = restore_checkpoint(*found, gan, run.comm->rank(), run.comm->world_size(), run.text.hash);
-    if (leader) spdlog::info("resuming from {} (step {})", found->string(), start.step);
+    const auto restored = restore_checkpoint(*found, gan, run.comm->rank(), run.comm->world_size(), run.text.hash,
+                                             config.train.seed);
+    start = restored.position;
+    run.history = continued_history(restored.world_history, start.step, run.comm->world_size(), run.global_batch());
+    if (leader) {
+      spdlog::info("resuming from {} (step {})", found->string(), start.step);
+      log_world_change(run, restored);
+    }
+  } else {
+    run.history = continued_history({}, 0, run.comm->world_size(), run.global_batch());
+  }
+  if (config.data.audit) {
+    // Steps after the checkpoint are trained again: their old lines go first.
+    if (leader && resume) SampleAudit::forget_after(run.dir / "audit", start.step);
+    run.comm->barrier();
   }
   gan.sync_replicas();
 

@@ -42,6 +42,10 @@ struct DataConfig {
   data::AugmentOptions augment;      // load_size, crop_size (= training image size), flip
   int64_t workers = 2;               // decode threads
   int64_t prefetch = 4;              // batches decoded ahead
+  // Records every sample each rank trains on (global sample numbers and
+  // CRC-32C of the pixels) in <run>/audit/rank-<r>.jsonl, for checking that
+  // no sample is lost or repeated, across resumes too.
+  bool audit = false;
 };
 
 struct LossConfig {
@@ -76,7 +80,13 @@ struct OptimConfig {
 
 struct TrainOptions {
   int64_t steps = 300;       // optimisation steps (one D and one G update each)
-  int64_t batch_size = 4;    // images per step PER RANK (global batch = batch_size * world size)
+  int64_t batch_size = 4;    // images per forward/backward pass PER RANK (a micro-batch)
+  // Images per optimiser step over all ranks. 0: batch_size x world size,
+  // one pass per step. Otherwise each rank accumulates the gradients of
+  // global_batch / (world size x batch_size) micro-batches before one
+  // all-reduce and one step, so the batch the optimiser sees stays the same
+  // whatever the number of ranks (elastic resume).
+  int64_t global_batch = 0;
   int64_t threads = 2;       // LibTorch intra-op threads
   Precision precision = Precision::FP32;  // of the step's forward passes (see Precision)
   bool channels_last = false;  // weights and batches in NHWC memory order (GPU tensor cores prefer it)

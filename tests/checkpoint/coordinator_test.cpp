@@ -34,8 +34,8 @@ fs::path shared_temp_dir() {
 SaveRequest request(int64_t step, const std::string& payload) {
   SaveRequest r;
   r.info = {step, 0, world()->world_size(), "hash"};
-  r.shared = {{"weights.bin", payload}, {"config.yaml", "a: 1\n"}};
-  r.own = {{"rng.bin", "rank " + std::to_string(world()->rank()) + " at " + std::to_string(step)}};
+  r.shared = {{"weights.bin", payload, {}}, {"config.yaml", "a: 1\n", {}}};
+  r.own = {{"rng.bin", "rank " + std::to_string(world()->rank()) + " at " + std::to_string(step), {}}};
   return r;
 }
 
@@ -77,7 +77,9 @@ TEST_F(Coordinator, EveryRanksPartAndTheSharedStateAreInOneVerifiedManifest) {
   uint64_t bytes = 0;
   for (const auto& f : manifest.files) bytes += f.size;
   EXPECT_EQ(outcome->bytes, world()->rank() == 0 ? bytes : 0u);
-  if (world()->rank() == 0) EXPECT_GT(outcome->seconds, 0.0);
+  if (world()->rank() == 0) {
+    EXPECT_GT(outcome->seconds, 0.0);
+  }
 }
 
 // Parts of 16 MiB and more are checksummed on a second thread while they are
@@ -105,7 +107,7 @@ TEST_F(Coordinator, AFailedPartOnOneRankAbortsTheCheckpointOnEveryRank) {
   coordinator.save(request(2, "good"));
   ASSERT_TRUE(coordinator.finish()->committed);
   auto bad = request(3, "bad");
-  if (world()->rank() == world()->world_size() - 1) bad.own.push_back({"rng.bin/impossible", "x"});
+  if (world()->rank() == world()->world_size() - 1) bad.own.push_back({"rng.bin/impossible", "x", {}});
   coordinator.save(std::move(bad));
   const auto outcome = coordinator.finish();
   ASSERT_TRUE(outcome.has_value());

@@ -17,6 +17,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "tests/comm/run_command.h"
+#include "tests/support/background_job.h"
 #include "tests/support/pattern_images.h"
 #include "tests/support/tiny_run.h"
 
@@ -24,87 +25,9 @@ namespace atelier::checkpoint {
 namespace {
 namespace fs = std::filesystem;
 using comm::testing::run_command;
+using testing_support::Job;
 
 constexpr int kSteps = 40;
-
-// A job started in the background, in its own process group.
-class Job {
- public:
-  explicit Job(const std::string& command) {
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
-    posix_spawnattr_setpgroup(&attr, 0);
-    std::string sh = "/bin/sh", c = "-c", cmd = "exec " + command + " >/dev/null 2>&1";
-    char* argv[] = {sh.data(), c.data(), cmd.data(), nullptr};
-    if (posix_spawn(&pid_, "/bin/sh", nullptr, &attr, argv, environ) != 0) pid_ = -1;
-    posix_spawnattr_destroy(&attr);
-  }
-  ~Job() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(-pid_, SIGKILL);
-      wait();
-    }
-  }
-  bool running() {
-    if (exited_) return false;
-    int status = 0;
-    if (::waitpid(pid_, &status, WNOHANG) == pid_) record(status);
-    return !exited_;
-  }
-  int wait() {
-    int status = 0;
-    if (!exited_ && ::waitpid(pid_, &status, 0) == pid_) record(status);
-    return code_;
-  }
-  // The pid of MPI rank `rank` among this job's processes.
-  pid_t rank_pid(int rank) const {
-    const std::string wanted = "OMPI_COMM_WORLD_RANK=" + std::to_string(rank);
-    for (const auto& entry : fs::directory_iterator("/proc")) {
-      const auto name = entry.path().filename().string();
-      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-      const pid_t pid = std::stoi(name);
-      if (!descends_from_job(pid)) continue;
-      std::ifstream env(entry.path() / "environ", std::ios::binary);
-      for (std::string var; std::getline(env, var, '\0');)
-        if (var == wanted) return pid;
-    }
-    return -1;
-  }
-
- private:
-  // mpirun puts its ranks into process groups of their own: follow parents.
-  bool descends_from_job(pid_t pid) const {
-    for (int depth = 0; depth < 8 && pid > 1; ++depth) {
-      std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-      std::string line;
-      if (!std::getline(stat, line)) return false;
-      // "pid (comm) state ppid ...": comm may hold spaces, so parse after ')'.
-      std::istringstream rest(line.substr(line.rfind(')') + 2));
-      char state = 0;
-      pid_t parent = 0;
-      rest >> state >> parent;
-      if (parent == pid_) return true;
-      pid = parent;
-    }
-    return false;
-  }
-
-  void record(int status) {
-    exited_ = true;
-    code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  int code_ = -1;
-};
-
-int lines_in(const fs::path& path) {
-  std::ifstream in(path);
-  int n = 0;
-  for (std::string line; std::getline(in, line);) ++n;
-  return n;
-}
 
 class ExactResume : public ::testing::Test {
  protected:
@@ -130,12 +53,7 @@ class ExactResume : public ::testing::Test {
   // Starts `name` in the background and waits until it has done `steps`
   // steps. False when it finished first (the machine outran the test).
   static bool start_and_reach(Job& job, const std::string& name, int steps) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (job.running() && std::chrono::steady_clock::now() < deadline) {
-      if (lines_in(run_dir(name) / "metrics.jsonl") >= steps) return job.rank_pid(0) > 0 && job.rank_pid(1) > 0;
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
-    return false;
+    return testing_support::reach_steps(job, run_dir(name) / "metrics.jsonl", steps, 2);
   }
 
   static void expect_matches_reference(const std::string& name) {
@@ -144,6 +62,16 @@ class ExactResume : public ::testing::Test {
     const auto actual = testing_support::checkpoint_parameters(checkpoint_of(name, kSteps));
     ASSERT_EQ(actual.size(), reference.size());
     for (const auto& [key, value] : reference) EXPECT_TRUE(torch::equal(value, actual.at(key))) << name << " " << key;
+    // Byte-identical too, optimiser files included (Adam's state is saved
+    // by parameter position, not by this process's tensor addresses).
+    const auto files = read_manifest(checkpoint_of(name, kSteps)).files;
+    const auto expected = read_manifest(checkpoint_of("reference", kSteps)).files;
+    ASSERT_EQ(files.size(), expected.size()) << name;
+    for (size_t i = 0; i < files.size(); ++i) {
+      EXPECT_EQ(files[i].name, expected[i].name) << name;
+      if (files[i].name == "config.yaml") continue;  // names the run
+      EXPECT_EQ(files[i].crc32c, expected[i].crc32c) << name << " " << files[i].name << " differs from the reference's";
+    }
   }
 
   static inline fs::path root;

@@ -88,10 +88,10 @@ class Slurm : public ::testing::Test {
   }
 
   // `atelier submit` of a 2-rank CPU job on the local profile; the job id.
-  std::string submit(const std::string& name, int checkpoint_every, int steps = kSteps) {
-    const auto r = run_command(std::string(ATELIER_BINARY) +
-                               " submit --profile local --ntasks-per-node 2 --time 10:00 --grace 30" +
-                               train_args(name, checkpoint_every, steps));
+  std::string submit(const std::string& name, int checkpoint_every, int steps = kSteps,
+                     const std::string& tasks = "--ntasks-per-node 2") {
+    const auto r = run_command(std::string(ATELIER_BINARY) + " submit --profile local " + tasks +
+                               " --time 10:00 --grace 30" + train_args(name, checkpoint_every, steps));
     EXPECT_EQ(r.status, 0) << r.output;
     const auto last_line = r.output.substr(r.output.rfind('\n', r.output.size() - 2) + 1);
     const auto id = last_line.substr(0, last_line.find('\n'));
@@ -202,6 +202,42 @@ TEST_F(Slurm, PreemptedJobCheckpointsRequeuesResumesAndEndsBitIdentical) {
   EXPECT_EQ(count(log, "--auto-resume: resuming from"), 2u) << log;
   EXPECT_EQ(lines_in(run / "metrics.jsonl"), kPreemptSteps) << "every step logged once, across three starts";
   expect_identical(expected, run / "checkpoints" / ("step-" + std::to_string(kPreemptSteps)));
+}
+
+// Elastic: a job of 2 tasks (--ntasks 2) is preempted, and while it waits
+// requeued its allocation shrinks to 1 task (`scontrol update`, as an
+// operator or a smaller free slot would). The next start counts 1 rank,
+// resumes the 2-rank checkpoint on it and finishes; the manifest records
+// both world sizes.
+TEST_F(Slurm, PreemptedOnTwoTasksAndRequeuedWithOneResumesAndFinishes) {
+  constexpr int kElasticSteps = 1000;
+  const std::string name = "elastic";
+  const auto id = submit(name, 1000, kElasticSteps, "--ntasks 2");
+  const auto run = run_dir(name);
+  ASSERT_TRUE(wait_for_steps(id, run, 4)) << job_log(run, id);
+  ASSERT_EQ(run_command("scancel -b --signal=USR1 " + id).status, 0);
+  ASSERT_TRUE(wait_until(id, [](const auto& f) { return f.at("Restarts") == "1" || finished(f.at("JobState")); }))
+      << job_log(run, id);
+  ASSERT_EQ(job_fields(id).at("JobState"), "PENDING") << job_log(run, id);
+  const auto stopped = checkpoint::latest(run / "checkpoints");
+  ASSERT_TRUE(stopped.has_value()) << job_log(run, id);
+  const int64_t stop_step = checkpoint::read_manifest(*stopped).step;
+  ASSERT_LT(stop_step, kElasticSteps) << "the job finished before the signal reached it";
+  const auto shrunk = run_command("scontrol update JobId=" + id + " NumTasks=1 NumCPUs=1");
+  ASSERT_EQ(shrunk.status, 0) << shrunk.output;
+
+  ASSERT_TRUE(wait_until(id, [](const auto& f) { return finished(f.at("JobState")); })) << job_log(run, id);
+  const auto log = job_log(run, id);
+  ASSERT_EQ(job_fields(id).at("JobState"), "COMPLETED") << log;
+  EXPECT_NE(log.find("(start 1) on localhost, 2 rank(s)"), std::string::npos) << log;
+  EXPECT_NE(log.find("(start 2) on localhost, 1 rank(s)"), std::string::npos) << log;
+  EXPECT_NE(log.find("world size changed from 2 to 1 rank(s) at step " + std::to_string(stop_step)), std::string::npos)
+      << log;
+  EXPECT_EQ(lines_in(run / "metrics.jsonl"), kElasticSteps) << "every step logged once, across both starts";
+  const auto manifest = checkpoint::read_manifest(run / "checkpoints" / ("step-" + std::to_string(kElasticSteps)));
+  EXPECT_EQ(manifest.world_size, 1);
+  EXPECT_EQ(manifest.world_history,
+            (std::vector<checkpoint::WorldSpan>{{0, 2, 2}, {stop_step, 1, 1}}));
 }
 
 // scancel: SIGTERM to every rank (SIGKILL after KillWait). The job stops

@@ -1,6 +1,6 @@
 // Data-parallel training end to end through the real binary: 2 ranks under
-// mpirun against 1 rank with the same global batch, `atelier launch`, and
-// the refusal to resume with another world size.
+// mpirun against 1 rank with the same global batch, and `atelier launch`
+// followed by a resume on another world size.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -77,7 +77,7 @@ TEST_F(DistTrain, TwoRanksOfBatchBMatchOneRankOfBatch2B) {
   EXPECT_EQ(lines, kSteps);
 }
 
-TEST_F(DistTrain, LaunchRunsMpirunAndAnotherWorldSizeCannotResume) {
+TEST_F(DistTrain, LaunchRunsMpirunAndAnotherWorldSizeResumes) {
   const std::string bin = ATELIER_BINARY;
   const auto launched = run_command("timeout 240 " + bin + " launch -n 2" + tiny("launched", 2, 1));
   ASSERT_EQ(launched.status, 0) << launched.output;
@@ -85,9 +85,19 @@ TEST_F(DistTrain, LaunchRunsMpirunAndAnotherWorldSizeCannotResume) {
   EXPECT_EQ(launched.output.find("--allow-run-as-root") != std::string::npos, geteuid() == 0) << launched.output;
   EXPECT_EQ(manifest(root / "runs" / "launched" / "checkpoints" / "step-2")["world_size"], 2);
 
+  // One rank goes on where two stopped and says once what that does to the batch.
   const auto resumed = run_command(bin + " train --resume" + tiny("launched", 4, 1));
-  EXPECT_EQ(resumed.status, 1) << resumed.output;
-  EXPECT_NE(resumed.output.find("trained by 2 rank(s) but this job has 1"), std::string::npos) << resumed.output;
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  const std::string changed = "world size changed from 2 to 1 rank(s) at step 2";
+  const auto at = resumed.output.find(changed);
+  ASSERT_NE(at, std::string::npos) << resumed.output;
+  EXPECT_EQ(resumed.output.find(changed, at + 1), std::string::npos) << "said twice:\n" << resumed.output;
+  EXPECT_NE(resumed.output.find("the global batch changes from 2 to 1"), std::string::npos) << resumed.output;
+  const auto history = manifest(root / "runs" / "launched" / "checkpoints" / "step-4")["world_history"];
+  ASSERT_EQ(history.size(), 2u) << history.dump();
+  EXPECT_EQ(history[0]["world_size"], 2);
+  EXPECT_EQ(history[1]["world_size"], 1);
+  EXPECT_EQ(history[1]["from_step"], 2);
 }
 
 // More ranks than cores needs --oversubscribe; a failing job's exit code is

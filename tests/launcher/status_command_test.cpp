@@ -24,7 +24,9 @@ fs::path make_run(const fs::path& root, const std::string& job_id) {
     metrics << "{\"step\":" << step << ",\"images_per_s\":" << 10.0 + step * 0.5 << "}\n";
   metrics << "{\"step\":8,\"imag";  // a line still being written
   metrics.close();
-  checkpoint::save(run / "checkpoints", {6, 0, 2, "h"}, [](const fs::path& dir) { std::ofstream(dir / "g.pt") << "w"; });
+  // Trained on 2 ranks, resumed on 1 after step 4 (elastic resume).
+  checkpoint::save(run / "checkpoints", {6, 0, 1, "h", {{0, 2, 8}, {4, 1, 8}}},
+                   [](const fs::path& dir) { std::ofstream(dir / "g.pt") << "w"; });
   if (!job_id.empty()) std::ofstream(run / "slurm" / "jobs") << "3 2026-01-01T00:00:00Z\n" << job_id << " 2026-01-02T00:00:00Z\n";
   return run;
 }
@@ -45,6 +47,7 @@ TEST(Status, ShowsTheRecordedJobTheLastStepAndTheLastCheckpoint) {
   EXPECT_NE(r.output.find("checkpoint:  " + (run / "checkpoints" / "step-6").string() + " (step 6,"),
             std::string::npos)
       << r.output;
+  EXPECT_NE(r.output.find(", trained on 2 ranks (steps 1-4), 1 rank (steps 5-6))"), std::string::npos) << r.output;
 }
 
 TEST(Status, FallsBackToSacctThenSaysTheJobIsGone) {

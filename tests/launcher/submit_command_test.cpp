@@ -87,6 +87,27 @@ TEST(Submit, RenderedScriptIsValidBash) {
   EXPECT_EQ(std::system(("bash -n " + (fake.dir / "job.sh").string()).c_str()), 0) << ok.output;
 }
 
+// --ntasks asks for ranks in all; each start of the job counts the ranks of
+// its own allocation (a requeued job may get another one), which srun and
+// mpirun then take from SLURM_NTASKS. A fake srun shows what it was given.
+TEST(Submit, EachStartCountsTheRanksOfItsAllocation) {
+  FakeSlurm fake;
+  const auto r = run_atelier("submit --dry-run --profile local --ntasks 3 --time 10:00" + run_args("/tmp", "n"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("#SBATCH --ntasks=3\n"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("--ntasks-per-node"), std::string::npos) << r.output;
+  std::ofstream(fake.dir / "job.sh") << r.output;
+  write_executable(fake.dir / "bin" / "srun", "#!/bin/sh\necho \"srun sees $SLURM_NTASKS tasks\"\n");
+  for (const auto& [per_node, ranks] : std::vector<std::pair<std::string, std::string>>{
+           {"3", "3"}, {"1", "1"}, {"2(x3),1", "7"}, {"4,2(x2)", "8"}}) {
+    const auto ran = run_shell("env SLURM_JOB_ID=7 SLURM_NTASKS=3 'SLURM_TASKS_PER_NODE=" + per_node +
+                                       "' SLURM_JOB_NODELIST=n1 bash " + (fake.dir / "job.sh").string());
+    EXPECT_EQ(ran.status, 0) << ran.output;
+    EXPECT_NE(ran.output.find(", " + ranks + " rank(s), at "), std::string::npos) << per_node << "\n" << ran.output;
+    EXPECT_NE(ran.output.find("srun sees " + ranks + " tasks"), std::string::npos) << per_node << "\n" << ran.output;
+  }
+}
+
 TEST(Submit, InconsistentRequestsAreRefusedNamingTheOption) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--time 10:00 --grace 600", "--grace 600 s must be shorter than --time 10:00"},
@@ -94,6 +115,9 @@ TEST(Submit, InconsistentRequestsAreRefusedNamingTheOption) {
       {"--time 10:00 --gpus-per-node 4 --ntasks-per-node 2", "one task (rank) per GPU"},
       {"--time 10:00 --profile no-such-site", "no profile 'no-such-site'"},
       {"--time 10:00 --set train.steps=0", "train.steps"},
+      {"--time 10:00 --ntasks 4 --ntasks-per-node 2", "give the ranks in all or per node, not both"},
+      {"--time 10:00 --ntasks 4 --gpus-per-node 4", "GPU jobs give --ntasks-per-node"},
+      {"--time 10:00 --ntasks 2 --nodes 3", "--ntasks 2 is fewer than --nodes 3"},
   };
   for (const auto& [flags, message] : cases) {
     const auto r = run_atelier("submit --dry-run " + flags + run_args("/tmp", "e"));

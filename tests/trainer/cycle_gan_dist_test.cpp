@@ -102,5 +102,64 @@ TEST_F(CycleGANDist, TwoRankResumeRestoresEachRanksPools) {
   }
 }
 
+// The images of pool `which` (0: A, 1: B) of a rank's pools.pt, in order.
+std::vector<torch::Tensor> images(const std::vector<torch::Tensor>& pools, size_t which) {
+  std::vector<torch::Tensor> out;
+  for (int64_t i = 0; i < pools[which].size(0); ++i) out.push_back(pools[which][i]);
+  return out;
+}
+
+// 1 rank -> 2: the saved pool's 3 images are dealt 0, 2 to rank 0 and 1 to
+// rank 1; each then takes one step's fake (the pools of 4 still fill).
+TEST_F(CycleGANDist, OneRankResumedOnTwoDealsItsPoolsOut) {
+  const std::string bin = ATELIER_BINARY;
+  const auto first = run_command(bin + " train" + tiny("deal", 3, 1, 4));
+  ASSERT_EQ(first.status, 0) << first.output;
+  const auto resumed = run_command("timeout 240 " + mpirun(2) + bin + " train --resume" + tiny("deal", 4, 1, 4) +
+                                   " --set run.log_level=info --set dist.verify_every=1");
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("history pools: the 3 + 3 images (pool A + pool B) of 1 saved rank(s) dealt out to 2 "
+                                "rank(s), round robin; none dropped"),
+            std::string::npos)
+      << resumed.output;
+  const auto saved = pools(ckpt("deal", 3), 0);
+  const auto rank0 = pools(ckpt("deal", 4), 0), rank1 = pools(ckpt("deal", 4), 1);
+  for (size_t which = 0; which < 2; ++which) {
+    const auto old = images(saved, which), zero = images(rank0, which), one = images(rank1, which);
+    ASSERT_EQ(old.size(), 3u);
+    ASSERT_EQ(zero.size(), 3u) << "two dealt + one new";
+    ASSERT_EQ(one.size(), 2u) << "one dealt + one new";
+    EXPECT_TRUE(torch::equal(zero[0], old[0]) && torch::equal(zero[1], old[2])) << "pool " << which;
+    EXPECT_TRUE(torch::equal(one[0], old[1])) << "pool " << which;
+  }
+}
+
+// 2 ranks -> 1: the two saved pools of 3 are dealt r0[0], r1[0], r0[1],
+// r1[1] into the one pool of 4, and the 2 left over are dropped, loudly. A
+// step then swaps at most one image (batch 1).
+TEST_F(CycleGANDist, TwoRanksResumedOnOneDealThePoolsAndSayWhatIsDropped) {
+  const std::string bin = ATELIER_BINARY;
+  const auto first = run_command("timeout 240 " + mpirun(2) + bin + " train" + tiny("merge", 3, 1, 4));
+  ASSERT_EQ(first.status, 0) << first.output;
+  const auto resumed = run_command(bin + " train --resume" + tiny("merge", 4, 1, 4) + " --set run.log_level=info");
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("world size changed from 2 to 1 rank(s) at step 3"), std::string::npos)
+      << resumed.output;
+  EXPECT_NE(resumed.output.find("6 + 6 images (pool A + pool B) of 2 saved rank(s) dealt out to 1 rank(s), round "
+                                "robin; 2 + 2 did not fit pools of model.pool_size 4 and were dropped"),
+            std::string::npos)
+      << resumed.output;
+  const auto r0 = pools(ckpt("merge", 3), 0), r1 = pools(ckpt("merge", 3), 1);
+  const auto now = pools(ckpt("merge", 4), 0);
+  for (size_t which = 0; which < 2; ++which) {
+    const auto a = images(r0, which), b = images(r1, which), merged = images(now, which);
+    ASSERT_EQ(merged.size(), 4u);
+    const std::vector<torch::Tensor> dealt = {a[0], b[0], a[1], b[1]};
+    int same = 0;
+    for (size_t i = 0; i < dealt.size(); ++i) same += torch::equal(merged[i], dealt[i]) ? 1 : 0;
+    EXPECT_GE(same, 3) << "pool " << which;
+  }
+}
+
 }  // namespace
 }  // namespace atelier

@@ -158,20 +158,27 @@ TEST(CycleGANSnapshot, FilesHoldTheStateOfTheMomentTheyWereTaken) {
   gan.step(b, a, 1.0);  // moves every network and both optimisers on
   write_all(dir / "copied", copies);
   write_all(dir / "twin", twin.snapshot());
-  write_all(dir / "rank-0", twin.snapshot_own());
+  for (const char* which : {"copied", "twin"}) write_all(dir / which / "rank-0", twin.snapshot_own());
 
   std::ostringstream generator_now;
   torch::save(twin.g_a, generator_now);
   EXPECT_EQ(copies[0].name, "generator_a.pt");
   ASSERT_TRUE(copies[0].produce);
   EXPECT_TRUE(copies[0].produce() == generator_now.str()) << "a module's bytes are torch::save's of that moment";
+  // The twin's optimisers reached the same state in other tensors (other
+  // TensorImpl addresses): their files are the same bytes all the same.
+  const auto twin_files = twin.snapshot();
+  for (const size_t i : {4u, 5u}) {
+    ASSERT_EQ(copies[i].name, twin_files[i].name);
+    EXPECT_TRUE(copies[i].produce() == twin_files[i].produce()) << copies[i].name << " differs from the twin's";
+  }
   // Both resume to the same state: one more step from each ends
   // bit-identical (Adam's moments and step counts included).
   std::vector<std::vector<torch::Tensor>> after;
   for (const char* which : {"copied", "twin"}) {
     torch::manual_seed(9);
     CycleGAN resumed(config);
-    resumed.load(dir / which, dir / "rank-0");
+    resumed.load(dir / which, RankShare{1, 0, 1});
     torch::manual_seed(11);
     resumed.step(a, b, 1.0);
     after.emplace_back();
