@@ -266,11 +266,17 @@ torch::Tensor total_variation_loss(const torch::Tensor& images);
 // Weight import
 
 // Reads a state dict written by Python's `torch.save(module.state_dict(), f)`
-// (zip format, as torchvision's downloads are) without Python. Only keys for
-// which `wanted(key)` is true are materialised (all when empty). Tensors come
-// back contiguous, on CPU, with their saved dtype. Throws ModelError naming
-// the file and what is wrong with it.
+// without Python, in the zip format (PyTorch >= 1.6) or the legacy one
+// (older files, torchvision's downloads such as vgg19-dcbb9e9d.pth, and
+// `_use_new_zipfile_serialization=False`). Only keys for which `wanted(key)`
+// is true are materialised (all when empty). Tensors come back contiguous,
+// on CPU, with their saved dtype. Throws ModelError naming the file and what
+// is wrong with it.
 std::map<std::string, torch::Tensor> load_state_dict(
     const std::string& path, const std::function<bool(const std::string&)>& wanted = {});
+
+// The torch.save format of a state dict file, for logs: "legacy format" or
+// "zip format". Looks at the first byte only (load_state_dict checks the rest).
+std::string state_dict_format(const std::string& path);
 
 }  // namespace atelier::models

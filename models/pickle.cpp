@@ -27,6 +27,7 @@ enum Op : uint8_t {
   LONG_BINGET = 'j', LIST = 'l', BINPUT = 'q', LONG_BINPUT = 'r', SETITEM = 's', TUPLE = 't',
   SETITEMS = 'u', EMPTY_DICT = '}', PROTO = 0x80, TUPLE1 = 0x85, TUPLE2 = 0x86, TUPLE3 = 0x87,
   NEWTRUE = 0x88, NEWFALSE = 0x89, LONG1 = 0x8a, SHORT_BINUNICODE = 0x8c, BINUNICODE8 = 0x8d,
+  BINSTRING = 'T', SHORT_BINSTRING = 'U',
   STACK_GLOBAL = 0x93, MEMOIZE = 0x94, FRAME = 0x95
 };
 // clang-format on
@@ -68,6 +69,8 @@ const char* op_name(uint8_t op) {
     case LONG1: return "LONG1";
     case SHORT_BINUNICODE: return "SHORT_BINUNICODE";
     case BINUNICODE8: return "BINUNICODE8";
+    case BINSTRING: return "BINSTRING";
+    case SHORT_BINSTRING: return "SHORT_BINSTRING";
     case STACK_GLOBAL: return "STACK_GLOBAL";
     case MEMOIZE: return "MEMOIZE";
     case FRAME: return "FRAME";
@@ -116,6 +119,7 @@ std::string printable(const std::string& raw) {
 
 const char* const kOrderedDict = "collections.OrderedDict";
 const char* const kRebuildTensor = "torch._utils._rebuild_tensor_v2";
+const char* const kRebuildTensorV1 = "torch._utils._rebuild_tensor";  // legacy files of PyTorch < 1.0
 const char* const kRebuildParameter = "torch._utils._rebuild_parameter";
 const char* const kRebuildParameterWithState = "torch._utils._rebuild_parameter_with_state";
 
@@ -156,7 +160,7 @@ class Unpickler {
 
   ValueId make_global(const std::string& module, const std::string& name);
   ValueId reduce(ValueId callable, ValueId args);
-  ValueId rebuild_tensor(const std::vector<ValueId>& args);
+  ValueId rebuild_tensor(const std::string& function, const std::vector<ValueId>& args);
   ValueId persistent_storage(ValueId pid);
   ValueId make_tuple(std::vector<ValueId> items);
 
@@ -254,6 +258,7 @@ Unpickled Unpickler::run() {
     op_ = data_[pos_++];
     if (op_ == STOP) {
       out_.root = pop();
+      out_.end = pos_;
       return std::move(out_);
     }
     if (!scalar_op() && !container_op() && !memo_op() && !object_op()) {
@@ -311,6 +316,11 @@ bool Unpickler::scalar_op() {
     case BINUNICODE8:
       value.kind = Value::Kind::String;
       value.text = read_string(op_ == SHORT_BINUNICODE ? 1 : op_ == BINUNICODE ? 4 : 8);
+      break;
+    case SHORT_BINSTRING:
+    case BINSTRING:  // Python 2's str, in files saved from Python 2
+      value.kind = Value::Kind::String;
+      value.text = read_string(op_ == SHORT_BINSTRING ? 1 : 4);
       break;
     default: return false;
   }
@@ -438,7 +448,8 @@ bool Unpickler::object_op() {
 
 ValueId Unpickler::make_global(const std::string& module, const std::string& name) {
   const std::string qualified = module + "." + name;
-  if (qualified != kOrderedDict && qualified != kRebuildTensor && qualified != kRebuildParameter &&
+  if (qualified != kOrderedDict && qualified != kRebuildTensor && qualified != kRebuildTensorV1 &&
+      qualified != kRebuildParameter &&
       qualified != kRebuildParameterWithState && !storage_dtype(qualified)) {
     std::string hint = "a state dict may hold only tensors";
     if (qualified == "torch.UntypedStorage" || qualified == "torch.storage.TypedStorage" ||
@@ -462,7 +473,7 @@ ValueId Unpickler::reduce(ValueId callable, ValueId args_id) {
     dict.kind = Value::Kind::Dict;
     return add(std::move(dict));
   }
-  if (function == kRebuildTensor) return rebuild_tensor(args);
+  if (function == kRebuildTensor || function == kRebuildTensorV1) return rebuild_tensor(function, args);
   if (function == kRebuildParameter || function == kRebuildParameterWithState) {
     // (data, requires_grad, backward_hooks[, state]): the data is the tensor.
     if (args.size() < 3) fail(function + " needs at least 3 arguments");
@@ -473,11 +484,13 @@ ValueId Unpickler::reduce(ValueId callable, ValueId args_id) {
 }
 
 // _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
-// backward_hooks[, metadata]). Only the view geometry matters here; whether
-// it fits its storage is checked by the reader, which knows the key.
-ValueId Unpickler::rebuild_tensor(const std::vector<ValueId>& args) {
-  if (args.size() != 6 && args.size() != 7) {
-    fail(std::string(kRebuildTensor) + " takes 6 or 7 arguments, got " +
+// backward_hooks[, metadata]), or _rebuild_tensor(storage, storage_offset,
+// size, stride) of old legacy files. Only the view geometry matters here;
+// whether it fits its storage is checked by the reader, which knows the key.
+ValueId Unpickler::rebuild_tensor(const std::string& function, const std::vector<ValueId>& args) {
+  const bool v1 = function == kRebuildTensorV1;
+  if (v1 ? args.size() != 4 : args.size() != 6 && args.size() != 7) {
+    fail(function + (v1 ? " takes 4 arguments, got " : " takes 6 or 7 arguments, got ") +
          std::to_string(args.size()));
   }
   Value tensor;
@@ -497,13 +510,17 @@ ValueId Unpickler::rebuild_tensor(const std::vector<ValueId>& args) {
   return add(std::move(tensor));
 }
 
-// ('storage', torch.<T>Storage, key, location, numel), as torch.save writes it.
+// ('storage', torch.<T>Storage, key, location, numel), as torch.save writes
+// it; the legacy format adds view_metadata, None unless the storage was a
+// view of another (PyTorch < 0.4), which is refused.
 ValueId Unpickler::persistent_storage(ValueId pid) {
   const std::vector<ValueId> fields = expect(pid, Value::Kind::Tuple, "persistent id").items;
-  if (fields.size() != 5 || at(fields[0]).kind != Value::Kind::String ||
+  if ((fields.size() != 5 && fields.size() != 6) || at(fields[0]).kind != Value::Kind::String ||
       at(fields[0]).text != "storage") {
-    fail("persistent id is not ('storage', type, key, location, numel)");
+    fail("persistent id is not ('storage', type, key, location, numel[, view_metadata])");
   }
+  if (fields.size() == 6 && at(fields[5]).kind != Value::Kind::None)
+    fail("storage views (a legacy persistent id with view metadata) are not supported");
   const std::string type = expect(fields[1], Value::Kind::Global, "storage type").text;
   const std::optional<c10::ScalarType> dtype = storage_dtype(type);
   if (!dtype) fail("'" + type + "' is not a typed storage");

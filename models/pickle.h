@@ -28,7 +28,9 @@ namespace atelier::models::pickle {
 using ValueId = uint32_t;
 
 // A storage as a persistent id names it: ('storage', torch.<T>Storage, key,
-// location, numel). Its bytes are the archive record `data/<key>`.
+// location, numel), plus a view_metadata None in the legacy format. Its bytes
+// are the archive record `data/<key>` (legacy: the record of `key` after the
+// pickles).
 struct StorageRef {
   std::string key;                                     // record name below data/
   c10::ScalarType dtype = c10::ScalarType::Undefined;  // torch.FloatStorage -> Float, ...
@@ -62,6 +64,7 @@ struct Value {
 struct Unpickled {
   std::vector<Value> values;
   ValueId root = 0;
+  size_t end = 0;  // offset just past STOP: where a following pickle starts
 
   const Value& operator[](ValueId id) const { return values[id]; }
 };
@@ -69,8 +72,10 @@ struct Unpickled {
 // Human-readable kind name for error messages ("dict", "tensor", ...).
 const char* kind_name(Value::Kind kind);
 
-// Parses `size` bytes of pickle. `source` prefixes every error message
-// (e.g. "/path/model.pth: data.pkl"). Throws ModelError.
+// Parses one pickle from the start of `size` bytes, up to its STOP (bytes
+// after it are left alone: the legacy format is several pickles in a row).
+// `source` prefixes every error message (e.g. "/path/model.pth: data.pkl").
+// Throws ModelError.
 Unpickled unpickle(const uint8_t* data, size_t size, const std::string& source);
 
 }  // namespace atelier::models::pickle

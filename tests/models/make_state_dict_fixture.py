@@ -5,13 +5,16 @@ Usage: /usr/bin/python3 make_state_dict_fixture.py OUTDIR {vgg,formats}
 
 vgg      vgg19.pth: torchvision's real, full vgg19 state dict (classifier
          included) with seeded random values, saved exactly as users save it;
+         vgg19_legacy.pth: the same in the legacy (pre-1.6) format, the
+         layout of torchvision's own download vgg19-dcbb9e9d.pth;
          vgg19_reference.pth: a plain dict torch::pickle_load can read (an
          independent C++ reader) with an input batch, the relu4_1 output of
          features[:21] on it, every tensor's float64 sum, and a few copies.
 formats  formats.pth: a state-dict-shaped OrderedDict covering every dtype,
          views (offset, stride, expand, channels_last), a shared storage and
          an nn.Parameter; formats_protocol4.pth: the same with pickle
-         protocol 4; legacy.pth: the pre-1.6 non-zip format.
+         protocol 4; formats_legacy.pth: the same in the pre-1.6 non-zip
+         format.
 """
 import collections
 import os
@@ -27,6 +30,7 @@ def write_vgg(out):
     vgg = torchvision.models.vgg19().eval()
     state = vgg.state_dict()
     torch.save(state, os.path.join(out, "vgg19.pth"))
+    torch.save(state, os.path.join(out, "vgg19_legacy.pth"), _use_new_zipfile_serialization=False)
 
     x = torch.rand(2, 3, 32, 32) * 2 - 1  # images in [-1, 1], as atelier feeds them
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -76,8 +80,7 @@ def write_formats(out):
     state = formats_state()
     torch.save(state, os.path.join(out, "formats.pth"))
     torch.save(state, os.path.join(out, "formats_protocol4.pth"), pickle_protocol=4)
-    torch.save({"weight": torch.ones(2)}, os.path.join(out, "legacy.pth"),
-               _use_new_zipfile_serialization=False)
+    torch.save(state, os.path.join(out, "formats_legacy.pth"), _use_new_zipfile_serialization=False)
 
 
 def main():
