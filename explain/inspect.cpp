@@ -30,9 +30,13 @@ torch::Tensor run_until(torch::nn::Sequential& net, torch::Tensor x, int64_t sto
   return x;
 }
 
-const std::map<std::string, std::string>& encoder_aliases() {
-  static const std::map<std::string, std::string> aliases = {
-      {"relu1_1", "encoder.1"}, {"relu2_1", "encoder.6"}, {"relu3_1", "encoder.11"}, {"relu4_1", "encoder.20"}};
+// relu1_1 .. relu4_1 -> the encoder's layer of that name in its layout
+// (torchvision: encoder.1, .6, .11, .20).
+std::map<std::string, std::string> encoder_aliases(const models::VGGEncoderImpl& encoder) {
+  const auto indices = encoder.relu_indices();
+  std::map<std::string, std::string> aliases;
+  for (size_t i = 0; i < indices.size(); ++i)
+    aliases["relu" + std::to_string(i + 1) + "_1"] = "encoder." + std::to_string(indices[i]);
   return aliases;
 }
 
@@ -48,8 +52,7 @@ int64_t layer_index(const std::string& name, const std::string& prefix, int64_t 
 
 // The encoder as one Sequential-like walk: torchvision indices run on across slices.
 torch::Tensor encoder_until(models::VGGEncoderImpl& encoder, const torch::Tensor& images, int64_t stop) {
-  const auto buffers = encoder.named_buffers(/*recurse=*/false);
-  auto x = ((images + 1.0) * 0.5 - buffers["imagenet_mean"]) / buffers["imagenet_std"];
+  auto x = encoder.input(images);
   int64_t i = 0;
   for (auto* slice : {&encoder.slice1, &encoder.slice2, &encoder.slice3, &encoder.slice4})
     for (auto& layer : **slice) {
@@ -96,7 +99,7 @@ GradCam grad_cam(torch::nn::Sequential& net, int64_t layer, const torch::Tensor&
 
 std::vector<std::string> layer_names(Networks& nets) {
   std::vector<std::string> names;
-  for (const auto& [alias, name] : encoder_aliases()) names.push_back(alias);
+  for (const auto& [alias, name] : encoder_aliases(*nets.generator->encoder)) names.push_back(alias);
   const int64_t e = encoder_size(*nets.generator->encoder);
   for (int64_t i = 0; i < e; ++i) names.push_back("encoder." + std::to_string(i));
   for (size_t i = 0; i < nets.generator->decoder->layers->size(); ++i) names.push_back("decoder." + std::to_string(i));
@@ -108,9 +111,10 @@ std::vector<std::string> layer_names(Networks& nets) {
 torch::Tensor layer_activation(Networks& nets, const std::string& layer, const torch::Tensor& content,
                                const torch::Tensor& style) {
   torch::NoGradGuard no_grad;
-  const auto alias = encoder_aliases().find(layer);
-  const std::string name = alias == encoder_aliases().end() ? layer : alias->second;
   auto& g = *nets.generator;
+  const auto aliases = encoder_aliases(*g.encoder);
+  const auto alias = aliases.find(layer);
+  const std::string name = alias == aliases.end() ? layer : alias->second;
   const auto c = content.unsqueeze(0), s = style.unsqueeze(0);
   if (name.rfind("encoder.", 0) == 0)
     return encoder_until(*g.encoder, c, layer_index(name, "encoder", encoder_size(*g.encoder)));

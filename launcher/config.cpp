@@ -157,7 +157,10 @@ std::vector<Field> make_fields() {
       choice<std::string>("model.family", AT(model.family), {{"adain", "adain"}, {"cyclegan", "cyclegan"}},
              "model trained: adain (AdaIN-GAN) or cyclegan (paper defaults for keys left out)"),
       text("model.vgg_weights", AT(model.generator.encoder.weights_path),
-           "torchvision VGG-19 state dict (.pth); empty: fixed random VGG"),
+           "VGG-19 state dict (.pth): torchvision's, or AdaIN's vgg_normalised; empty: fixed random VGG"),
+      choice<std::string>("model.vgg_layout", AT(model.generator.encoder.layout),
+             {{"auto", "auto"}, {"torchvision", "torchvision"}, {"adain", "adain"}},
+             "VGG layer layout: auto (the weights file's; torchvision without one), torchvision, adain"),
       integer("model.encoder_width", AT(model.generator.encoder.width), 1, 1024,
               "VGG block-1 channels (64 = real VGG-19)"),
       integer("model.vgg_seed", AT(model.generator.encoder.random_seed), 0, kBig,
@@ -360,6 +363,26 @@ void apply_family_defaults(YAML::Node& root) {
         value_or("data", "crop_size", data::AugmentOptions{}.crop_size) >= 256 ? 9 : 6;
 }
 
+// model.vgg_layout: what the weights file is (so config.yaml names it and a
+// checkpoint's encoder is rebuilt in its layout without the file); an
+// explicit layout must agree with the file.
+void resolve_vgg_layout(models::EncoderOptions& encoder) {
+  if (encoder.weights_path.empty()) {
+    if (encoder.layout == "auto") encoder.layout = "torchvision";
+    return;
+  }
+  std::string found;
+  try {
+    found = models::detect_vgg_layout(encoder.weights_path);
+  } catch (const models::ModelError& e) {
+    throw ConfigError(std::string("model.vgg_weights: ") + e.what());
+  }
+  if (encoder.layout != "auto" && encoder.layout != found)
+    throw ConfigError("model.vgg_layout is " + encoder.layout + " but model.vgg_weights '" + encoder.weights_path +
+                      "' is a " + models::describe_vgg_layout(found) + " state dict (" + found + ")");
+  encoder.layout = found;
+}
+
 void apply_override(YAML::Node& root, const std::string& assignment) {
   const auto eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)
@@ -412,6 +435,7 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   }
   check_consistency(config);
   check_eval(config);
+  resolve_vgg_layout(config.model.generator.encoder);
   return config;
 }
 

@@ -32,13 +32,27 @@ struct ModelError : std::runtime_error {
 
 struct EncoderOptions {
   int64_t width = 64;          // channels of VGG block 1; blocks 2..4 use 2x, 4x, 8x (VGG-19: 64)
-  std::string weights_path;    // torchvision vgg19 state dict (.pth); empty = fixed random VGG
+  std::string weights_path;    // VGG-19 state dict (.pth, see layout); empty = fixed random VGG
   uint64_t random_seed = 19;   // seed of the fixed random VGG used when weights_path is empty
+  // "torchvision": torchvision's vgg19().features (zero padding, ImageNet
+  // mean/std on RGB in [0, 1]); "adain": the `vgg_normalised.pth` of AdaIN
+  // (Huang & Belongie; naoto0804/pytorch-AdaIN): a 1x1 input convolution
+  // that does its own normalisation, reflection padding, ceil-mode pools;
+  // "auto": detected from weights_path (torchvision without one).
+  std::string layout = "auto";
 };
 
-// VGG-19 `features[0..20]` (conv1_1 .. relu4_1) with torchvision's layer
-// layout (3x3 convs, zero padding, 2x2 max pools), frozen. Takes images in
-// [-1, 1] and applies ImageNet normalisation itself, as torchvision expects.
+// Which layout a VGG state dict file has: "torchvision" (features.0.weight)
+// or "adain" (0.weight of shape [3, 3, 1, 1]). Throws ModelError naming the
+// file when it is neither.
+std::string detect_vgg_layout(const std::string& path);
+
+// How a layout is named in logs: "torchvision VGG-19", "AdaIN normalised VGG".
+std::string describe_vgg_layout(const std::string& layout);
+
+// VGG-19 up to relu4_1 in one of two layouts (EncoderOptions::layout),
+// frozen. Takes images in [-1, 1] and applies the input normalisation its
+// layout expects itself.
 struct VGGEncoderImpl : torch::nn::Module {
   explicit VGGEncoderImpl(const EncoderOptions& options);
 
@@ -46,15 +60,22 @@ struct VGGEncoderImpl : torch::nn::Module {
   std::vector<torch::Tensor> forward_features(const torch::Tensor& images);
   // relu4_1 only (the content layer).
   torch::Tensor forward(const torch::Tensor& images);
+  // What the first layer sees: images in [-1, 1] normalised as the layout
+  // expects (torchvision: ImageNet mean/std; adain: [0, 1], its 1x1 conv does the rest).
+  torch::Tensor input(const torch::Tensor& images);
 
-  // Copies torchvision keys `features.<i>.weight|bias` onto our convs.
+  // Copies the state dict's convolutions onto ours: torchvision keys
+  // `features.<i>.weight|bias`, AdaIN's `<i>.weight|bias`, by the layout.
   // Throws ModelError naming a missing key or a shape mismatch.
   void load_torchvision(const std::map<std::string, torch::Tensor>& state);
 
   int64_t out_channels() const { return 8 * options.width; }
   bool pretrained() const { return pretrained_; }
+  // The layout's index of relu1_1, relu2_1, relu3_1, relu4_1, counting the
+  // layers of slice1..slice4 in order (torchvision: 1, 6, 11, 20).
+  std::vector<int64_t> relu_indices() const;
 
-  EncoderOptions options;
+  EncoderOptions options;  // layout resolved: "torchvision" or "adain"
   // Slices ending at relu1_1, relu2_1, relu3_1, relu4_1.
   torch::nn::Sequential slice1{nullptr}, slice2{nullptr}, slice3{nullptr}, slice4{nullptr};
 

@@ -4,52 +4,83 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
 namespace atelier::models {
 namespace {
 
-// torchvision's vgg19().features layout up to relu4_1: each conv's index and
-// its channels as multiples of `width`, then the max pools' indices. Every
-// other index is a ReLU.
+// A VGG-19 layout up to relu4_1: each conv's index and its channels as
+// multiples of `width` (0: the 3 RGB channels), the max pools' and the
+// reflection pads' indices, and the last index of slice1..slice4 (relu1_1,
+// relu2_1, relu3_1, relu4_1). Every other index is a ReLU.
 struct ConvSpec {
   int index;
-  int64_t in_multiple;  // 0 means the 3 RGB channels
+  int64_t in_multiple;
   int64_t out_multiple;
+  int64_t kernel;
 };
-constexpr ConvSpec kConvs[] = {
-    {0, 0, 1},  {2, 1, 1},  {5, 1, 2},  {7, 2, 2},   {10, 2, 4},
-    {12, 4, 4}, {14, 4, 4}, {16, 4, 4}, {19, 4, 8},
+struct Layout {
+  std::vector<ConvSpec> convs;
+  std::vector<int> pools;
+  std::vector<int> pads;  // ReflectionPad2d(1) layers; convs pad themselves (zeros) when there are none
+  int slice_ends[4];
+  bool ceil_pools;
+  std::string key_prefix;  // of the state dict's keys: "features." or ""
 };
-constexpr int kPools[] = {4, 9, 18};
-// Last torchvision index of slice1..slice4 (relu1_1, relu2_1, relu3_1, relu4_1).
-constexpr int kSliceEnds[] = {1, 6, 11, 20};
+
+// torchvision's vgg19().features.
+const Layout& torchvision_layout() {
+  static const Layout layout{{{0, 0, 1, 3}, {2, 1, 1, 3}, {5, 1, 2, 3}, {7, 2, 2, 3}, {10, 2, 4, 3},
+                              {12, 4, 4, 3}, {14, 4, 4, 3}, {16, 4, 4, 3}, {19, 4, 8, 3}},
+                             {4, 9, 18}, {}, {1, 6, 11, 20}, false, "features."};
+  return layout;
+}
+
+// AdaIN's vgg_normalised (net.vgg of naoto0804/pytorch-AdaIN): a 1x1 conv
+// (3 -> 3) first, every 3x3 conv after a ReflectionPad2d(1), ceil-mode
+// pools; slices vgg[:4], vgg[4:11], vgg[11:18], vgg[18:31] as its encoder.
+const Layout& adain_layout() {
+  static const Layout layout{{{0, 0, 0, 1}, {2, 0, 1, 3}, {5, 1, 1, 3}, {9, 1, 2, 3}, {12, 2, 2, 3},
+                              {16, 2, 4, 3}, {19, 4, 4, 3}, {22, 4, 4, 3}, {25, 4, 4, 3}, {29, 4, 8, 3}},
+                             {7, 14, 27}, {1, 4, 8, 11, 15, 18, 21, 24, 28}, {3, 10, 17, 30}, true, ""};
+  return layout;
+}
+
+const Layout& layout_of(const std::string& name) {
+  return name == "adain" ? adain_layout() : torchvision_layout();
+}
+
+bool contains(const std::vector<int>& indices, int index) {
+  return std::find(indices.begin(), indices.end(), index) != indices.end();
+}
 
 // ImageNet statistics torchvision's weights were trained with.
 const std::vector<float> kImageNetMean = {0.485f, 0.456f, 0.406f};
 const std::vector<float> kImageNetStd = {0.229f, 0.224f, 0.225f};
 
-// Builds the layer at torchvision index `index`.
-torch::nn::AnyModule make_layer(int index, int64_t width) {
-  for (const auto& conv : kConvs) {
-    if (conv.index == index) {
-      const int64_t in = conv.in_multiple == 0 ? 3 : conv.in_multiple * width;
-      return torch::nn::AnyModule(torch::nn::Conv2d(
-          torch::nn::Conv2dOptions(in, conv.out_multiple * width, 3).padding(1)));
-    }
+// Builds the layer at index `index` of `layout`.
+torch::nn::AnyModule make_layer(const Layout& layout, int index, int64_t width) {
+  for (const auto& conv : layout.convs) {
+    if (conv.index != index) continue;
+    const int64_t in = conv.in_multiple == 0 ? 3 : conv.in_multiple * width;
+    const int64_t out = conv.out_multiple == 0 ? 3 : conv.out_multiple * width;
+    const int64_t padding = layout.pads.empty() && conv.kernel == 3 ? 1 : 0;
+    return torch::nn::AnyModule(
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, conv.kernel).padding(padding)));
   }
-  for (int pool : kPools) {
-    if (pool == index) {
-      return torch::nn::AnyModule(torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(2).stride(2)));
-    }
-  }
+  if (contains(layout.pools, index))
+    return torch::nn::AnyModule(
+        torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(2).stride(2).ceil_mode(layout.ceil_pools)));
+  if (contains(layout.pads, index))
+    return torch::nn::AnyModule(torch::nn::ReflectionPad2d(torch::nn::ReflectionPad2dOptions(1)));
   return torch::nn::AnyModule(torch::nn::ReLU());
 }
 
-// Every conv keyed by its torchvision index. Layers inside a slice are named
-// by that index (slice3's are "7".."11"), so `features.7.weight` is
-// `slice3.7.weight` here.
+// Every conv keyed by its index in the layout. Layers inside a slice are
+// named by that index (torchvision's slice3 holds "7".."11"), so
+// `features.7.weight` is `slice3.7.weight` here.
 std::map<int, torch::nn::Conv2dImpl*> convs_by_index(VGGEncoderImpl& encoder) {
   std::map<int, torch::nn::Conv2dImpl*> convs;
   for (auto* slice : {&encoder.slice1, &encoder.slice2, &encoder.slice3, &encoder.slice4}) {
@@ -100,17 +131,18 @@ class GlobalRngStateGuard {
   torch::Tensor state_;
 };
 
-// Keeps only the conv tensors of features[0..19]; the full vgg19 file also
-// holds the later blocks and the classifier, which we never use.
-bool is_encoder_key(const std::string& key) {
-  const std::string prefix = "features.";
+// Keeps only the conv tensors up to relu4_1 of `layout`: the full files
+// also hold the later blocks (and torchvision's the classifier), which we
+// never use.
+bool is_encoder_key(const Layout& layout, const std::string& key) {
+  const std::string& prefix = layout.key_prefix;
   if (key.rfind(prefix, 0) != 0) return false;
   const auto dot = key.find('.', prefix.size());
   if (dot == std::string::npos || dot == prefix.size()) return false;
   const std::string index = key.substr(prefix.size(), dot - prefix.size());
   if (index.find_first_not_of("0123456789") != std::string::npos || index.size() > 3) return false;
   const std::string field = key.substr(dot + 1);
-  return std::stoi(index) <= 19 && (field == "weight" || field == "bias");
+  return std::stoi(index) <= layout.slice_ends[3] && (field == "weight" || field == "bias");
 }
 
 std::string shape_string(const torch::Tensor& tensor) {
@@ -121,22 +153,56 @@ std::string shape_string(const torch::Tensor& tensor) {
 
 }  // namespace
 
+std::string detect_vgg_layout(const std::string& path) {
+  const auto probe = load_state_dict(
+      path, [](const std::string& key) { return key == "features.0.weight" || key == "0.weight"; });
+  if (probe.count("features.0.weight") != 0) return "torchvision";
+  const auto first = probe.find("0.weight");
+  if (first != probe.end() && first->second.sizes() == torch::IntArrayRef({3, 3, 1, 1})) return "adain";
+  throw ModelError(path + ": not a VGG-19 state dict atelier knows: neither torchvision's (no key "
+                   "'features.0.weight') nor AdaIN's vgg_normalised (no key '0.weight' of shape [3, 3, 1, 1])");
+}
+
+std::string describe_vgg_layout(const std::string& layout) {
+  return layout == "adain" ? "AdaIN normalised VGG" : "torchvision VGG-19";
+}
+
+namespace {
+
+// "auto" becomes the file's layout (torchvision without a file); an
+// explicit layout must be the file's.
+std::string resolved_layout(const EncoderOptions& options) {
+  const auto& asked = options.layout;
+  if (asked != "auto" && asked != "torchvision" && asked != "adain")
+    throw ModelError("encoder layout must be auto, torchvision or adain, got '" + asked + "'");
+  if (options.weights_path.empty()) return asked == "auto" ? "torchvision" : asked;
+  const auto found = detect_vgg_layout(options.weights_path);
+  if (asked != "auto" && asked != found)
+    throw ModelError(options.weights_path + " is a " + describe_vgg_layout(found) + " state dict, but layout '" +
+                     asked + "' was asked for");
+  return found;
+}
+
+}  // namespace
+
 VGGEncoderImpl::VGGEncoderImpl(const EncoderOptions& options_) : options(options_) {
   if (options.width < 1) {
     throw ModelError("encoder width must be positive, got " + std::to_string(options.width));
   }
-  // torchvision's weights exist only at VGG-19's own width.
+  // The published weights exist only at VGG-19's own width.
   if (!options.weights_path.empty() && options.width != 64) {
     throw ModelError("encoder weights '" + options.weights_path + "' need width 64, got " +
                      std::to_string(options.width));
   }
+  options.layout = resolved_layout(options);
+  const Layout& layout = layout_of(options.layout);
   const GlobalRngStateGuard restore_global_rng;
   torch::nn::Sequential* slices[] = {&slice1, &slice2, &slice3, &slice4};
   int index = 0;
   for (int s = 0; s < 4; ++s) {
     *slices[s] = torch::nn::Sequential();
-    for (; index <= kSliceEnds[s]; ++index) {
-      (*slices[s])->push_back(std::to_string(index), make_layer(index, options.width));
+    for (; index <= layout.slice_ends[s]; ++index) {
+      (*slices[s])->push_back(std::to_string(index), make_layer(layout, index, options.width));
     }
     register_module("slice" + std::to_string(s + 1), *slices[s]);
   }
@@ -149,15 +215,21 @@ VGGEncoderImpl::VGGEncoderImpl(const EncoderOptions& options_) : options(options
   if (options.weights_path.empty()) {
     init_random(*this, options.random_seed);
   } else {
-    load_torchvision(load_state_dict(options.weights_path, is_encoder_key));
+    load_torchvision(load_state_dict(options.weights_path,
+                                     [&layout](const std::string& key) { return is_encoder_key(layout, key); }));
   }
   for (auto& parameter : parameters()) parameter.set_requires_grad(false);
 }
 
-std::vector<torch::Tensor> VGGEncoderImpl::forward_features(const torch::Tensor& images) {
-  const auto buffers = named_buffers(/*recurse=*/false);
+torch::Tensor VGGEncoderImpl::input(const torch::Tensor& images) {
   const auto x01 = (images + 1.0) * 0.5;
-  auto x = (x01 - buffers["imagenet_mean"]) / buffers["imagenet_std"];
+  if (options.layout == "adain") return x01;
+  const auto buffers = named_buffers(/*recurse=*/false);
+  return (x01 - buffers["imagenet_mean"]) / buffers["imagenet_std"];
+}
+
+std::vector<torch::Tensor> VGGEncoderImpl::forward_features(const torch::Tensor& images) {
+  auto x = input(images);
   std::vector<torch::Tensor> features;
   for (auto* slice : {&slice1, &slice2, &slice3, &slice4}) {
     x = (*slice)->forward(x);
@@ -170,21 +242,28 @@ torch::Tensor VGGEncoderImpl::forward(const torch::Tensor& images) {
   return forward_features(images).back();
 }
 
+std::vector<int64_t> VGGEncoderImpl::relu_indices() const {
+  const auto& ends = layout_of(options.layout).slice_ends;
+  return {ends[0], ends[1], ends[2], ends[3]};
+}
+
 void VGGEncoderImpl::load_torchvision(const std::map<std::string, torch::Tensor>& state) {
   const auto convs = convs_by_index(*this);
+  const std::string& key_prefix = layout_of(options.layout).key_prefix;
+  const std::string source = describe_vgg_layout(options.layout);
   // Check every tensor before copying any, so a bad file leaves the encoder as it was.
   std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;  // (ours, theirs)
   for (const auto& [index, conv] : convs) {
-    const std::string prefix = "features." + std::to_string(index) + ".";
+    const std::string prefix = key_prefix + std::to_string(index) + ".";
     for (const auto& [field, ours] : {std::make_pair("weight", conv->weight),
                                       std::make_pair("bias", conv->bias)}) {
       const std::string key = prefix + field;
       const auto found = state.find(key);
       if (found == state.end()) {
-        throw ModelError("torchvision VGG state dict has no key '" + key + "'");
+        throw ModelError(source + " state dict has no key '" + key + "'");
       }
       if (found->second.sizes() != ours.sizes()) {
-        throw ModelError("torchvision VGG key '" + key + "' has shape " +
+        throw ModelError(source + " key '" + key + "' has shape " +
                          shape_string(found->second) + ", expected " + shape_string(ours));
       }
       copies.emplace_back(ours, found->second);

@@ -327,7 +327,8 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   GanModel& gan = *model;
   const auto& vgg_weights = config.model.generator.encoder.weights_path;
   if (leader && !vgg_weights.empty())
-    spdlog::info("model.vgg_weights: torchvision VGG-19, {} ({})", models::state_dict_format(vgg_weights), vgg_weights);
+    spdlog::info("model.vgg_weights: {}, {} ({})", models::describe_vgg_layout(models::detect_vgg_layout(vgg_weights)),
+                 models::state_dict_format(vgg_weights), vgg_weights);
   if (leader && gan.adain_generator() && !(*gan.adain_generator())->encoder->pretrained())
     spdlog::warn("model.vgg_weights is not set: using a fixed random VGG (seed {}) as encoder and loss network",
                  config.model.generator.encoder.random_seed);

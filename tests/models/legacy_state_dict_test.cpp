@@ -142,9 +142,13 @@ TEST_F(LegacyStateDictFiles, CorruptedBytesAreRefusedNeverACrash) {
 // Through the binary: torchvision's VGG-19 in the legacy format, as the
 // download vgg19-dcbb9e9d.pth is, as model.vgg_weights.
 
-class LegacyVggTraining : public StateDictVgg {};
+class VggTraining : public StateDictVgg, public ::testing::WithParamInterface<std::pair<const char*, const char*>> {};
 
-TEST_F(LegacyVggTraining, TrainsWithItAndSaysWhichFormatItRead) {
+// Trained from the file (the log names layout and format), then stylized
+// from the checkpoint alone: its config.yaml names the layout, so the
+// encoder is rebuilt without the file.
+TEST_P(VggTraining, TrainsWithItSaysWhatItReadAndStylizesFromTheCheckpoint) {
+  const auto [weights, said] = GetParam();
   const fs::path root = make_temp_dir();
   atelier::testing_support::write_pattern_images(root / "content", 2, 1);
   atelier::testing_support::write_pattern_images(root / "style", 2, 2);
@@ -154,12 +158,12 @@ TEST_F(LegacyVggTraining, TrainsWithItAndSaysWhichFormatItRead) {
         "data.content=" + (root / "content").string(), "data.style=" + (root / "style").string(),
         std::string("data.load_size=40"), std::string("data.crop_size=32"), std::string("data.workers=1"),
         std::string("model.encoder_width=64"), std::string("model.decoder_width=64"),
-        std::string("model.disc_width=4"), "model.vgg_weights=" + file("vgg19_legacy.pth"),
-        std::string("train.steps=1"), std::string("train.batch_size=1"), std::string("train.sample_count=1")})
+        std::string("model.disc_width=4"), "model.vgg_weights=" + file(weights), std::string("train.steps=1"),
+        std::string("train.batch_size=1"), std::string("train.sample_count=1")})
     sets += " --set '" + set + "'";
   const auto [status, output] = run_command(std::string(ATELIER_BINARY) + " train" + sets);
   EXPECT_EQ(status, 0) << output;
-  EXPECT_NE(output.find("model.vgg_weights: torchvision VGG-19, legacy format (" + file("vgg19_legacy.pth") + ")"),
+  EXPECT_NE(output.find("model.vgg_weights: " + std::string(said) + ", legacy format (" + file(weights) + ")"),
             std::string::npos)
       << output;
   EXPECT_EQ(output.find("fixed random VGG"), std::string::npos) << output;
@@ -168,6 +172,20 @@ TEST_F(LegacyVggTraining, TrainsWithItAndSaysWhichFormatItRead) {
                   " --content " + (root / "content").string() + " --style " + (root / "style").string() +
                   " --pairs 1 --out " + (root / "report.json").string());
   EXPECT_EQ(evaluated, 0) << report;
+  const auto [stylized, stylize_output] = run_command(
+      std::string(ATELIER_BINARY) + " stylize --checkpoint " + (root / "runs" / "vgg").string() + " --content " +
+      (root / "content" / fs::directory_iterator(root / "content")->path().filename()).string() + " --style " +
+      (root / "style" / fs::directory_iterator(root / "style")->path().filename()).string() + " --out " +
+      (root / "out.png").string());
+  EXPECT_EQ(stylized, 0) << stylize_output;
+  EXPECT_TRUE(fs::exists(root / "out.png"));
   fs::remove_all(root);
 }
 
+INSTANTIATE_TEST_SUITE_P(TorchvisionAndAdain, VggTraining,
+                         ::testing::Values(std::make_pair("vgg19_legacy.pth", "torchvision VGG-19"),
+                                           std::make_pair("vgg_normalised_legacy.pth", "AdaIN normalised VGG")),
+                         [](const auto& info) {
+                           return std::string(std::string(info.param.first).find("vgg19") == 0 ? "torchvision"
+                                                                                                 : "adain");
+                         });

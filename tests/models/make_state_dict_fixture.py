@@ -7,6 +7,8 @@ vgg      vgg19.pth: torchvision's real, full vgg19 state dict (classifier
          included) with seeded random values, saved exactly as users save it;
          vgg19_legacy.pth: the same in the legacy (pre-1.6) format, the
          layout of torchvision's own download vgg19-dcbb9e9d.pth;
+         vgg_normalised.pth, vgg_normalised_legacy.pth: AdaIN's encoder
+         network in both formats;
          vgg19_reference.pth: a plain dict torch::pickle_load can read (an
          independent C++ reader) with an input batch, the relu4_1 output of
          features[:21] on it, every tensor's float64 sum, and a few copies.
@@ -44,7 +46,37 @@ def write_vgg(out):
         "sums": {key: float(value.double().sum()) for key, value in state.items()},
         "copies": {key: state[key].clone() for key in copies},
     }
+    adain = adain_vgg_normalised().eval()
+    torch.save(adain.state_dict(), os.path.join(out, "vgg_normalised.pth"))
+    torch.save(adain.state_dict(), os.path.join(out, "vgg_normalised_legacy.pth"),
+               _use_new_zipfile_serialization=False)
+    # 36 px: the ceil-mode pools round 9 up to 5 where floor would give 4.
+    y = torch.rand(2, 3, 36, 36) * 2 - 1
+    with torch.no_grad():
+        y01 = (y + 1) / 2  # AdaIN's network takes RGB in [0, 1]
+        reference["adain_input"] = y
+        reference["adain_features"] = [adain[:end](y01) for end in (4, 11, 18, 31)]
     torch.save(reference, os.path.join(out, "vgg19_reference.pth"))
+
+
+def adain_vgg_normalised():
+    """AdaIN's vgg_normalised.pth network (Huang & Belongie, 2017, as
+    naoto0804/pytorch-AdaIN's net.vgg lists it), rebuilt from its published
+    layout: a 1x1 conv (3 -> 3) that normalises the input, then VGG-19's 3x3
+    convs each after a 1-pixel reflection pad, ceil-mode 2x2 max pools
+    between blocks; 53 layers, relu5_4 last. Seeded random values."""
+    nn = torch.nn
+    torch.manual_seed(1)
+    layers = [nn.Conv2d(3, 3, (1, 1))]
+    channels = 3
+    for block, (width, convs) in enumerate([(64, 2), (128, 2), (256, 4), (512, 4), (512, 4)]):
+        if block > 0:
+            layers.append(nn.MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True))
+        for _ in range(convs):
+            layers += [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(channels, width, (3, 3)), nn.ReLU()]
+            channels = width
+    assert len(layers) == 53
+    return nn.Sequential(*layers)
 
 
 def formats_state():

@@ -200,4 +200,12 @@ class StateDictFiles : public ::testing::Test {
   fs::path dir_;
 };
 
+// The reference dict is a plain dict, which LibTorch's own torch::pickle_load
+// reads: an oracle independent of the reader under test.
+inline c10::Dict<c10::IValue, c10::IValue> read_reference(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return torch::pickle_load(bytes).toGenericDict();
+}
+
 }  // namespace

@@ -251,15 +251,6 @@ std::map<std::string, std::vector<int64_t>> torchvision_vgg19_shapes() {
   return shapes;
 }
 
-// The reference dict is a plain dict, which LibTorch's own torch::pickle_load
-// reads: an oracle independent of the reader under test.
-c10::Dict<c10::IValue, c10::IValue> read_reference(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
-                                std::istreambuf_iterator<char>());
-  return torch::pickle_load(bytes).toGenericDict();
-}
-
 }  // namespace
 
 TEST_F(StateDictVgg, KeysAndShapesMatchTorchvision) {
