@@ -92,13 +92,29 @@ std::unique_ptr<data::BatchSource> open_batches(const Config& config, const data
 
 // The same (content, style) pairs at every sample step, centre-cropped, so
 // the grids show the model changing rather than the data.
-std::pair<torch::Tensor, torch::Tensor> sample_inputs(const data::LoaderOptions& o, int64_t count) {
-  std::vector<torch::Tensor> content, style;
-  for (int64_t i = 0; i < count; ++i) {
-    content.push_back(data::load_centered(o.content[i % o.content.size()], o.augment.crop_size));
-    style.push_back(data::load_centered(o.style[i % o.style.size()], o.augment.crop_size));
+// The first `count` readable images of `files`, centre-cropped (repeated
+// when fewer are readable): fixed sample-grid inputs. An unreadable file is
+// passed over; the loader warns about it and counts it when it meets it.
+torch::Tensor readable_samples(const std::vector<std::string>& files, int64_t count, int64_t crop,
+                               const std::string& key) {
+  std::vector<torch::Tensor> found;
+  for (size_t i = 0; i < files.size() && static_cast<int64_t>(found.size()) < count; ++i) {
+    try {
+      found.push_back(data::load_centered(files[i], crop));
+    } catch (const data::DataError& e) {
+      spdlog::info("sample grid: passing over {}", e.what());
+    }
   }
-  return {torch::stack(content), torch::stack(style)};
+  if (found.empty())
+    throw TrainError(key + ": none of its " + std::to_string(files.size()) + " image file(s) can be decoded");
+  std::vector<torch::Tensor> picked;
+  for (int64_t i = 0; i < count; ++i) picked.push_back(found[static_cast<size_t>(i) % found.size()]);
+  return torch::stack(picked);
+}
+
+std::pair<torch::Tensor, torch::Tensor> sample_inputs(const data::LoaderOptions& o, int64_t count) {
+  return {readable_samples(o.content, count, o.augment.crop_size, "data.content"),
+          readable_samples(o.style, count, o.augment.crop_size, "data.style")};
 }
 
 std::string format_losses(const StepLosses& l) {

@@ -119,6 +119,50 @@ TEST_F(TinyRun, ResumeWithoutCheckpointIsAnError) {
   EXPECT_THROW(train(tiny("never", 10), "x", true), TrainError);
 }
 
+// A folder whose first files (in sort order) cannot be decoded: random
+// bytes named .jpg, a truncated JPEG, text named .png. The run skips them
+// everywhere, the sample grids included, and counts them.
+TEST_F(TinyRun, UnreadableFilesFirstInTheFolderAreSkippedEvenForSampleGrids) {
+  for (const auto& folder : {root / "content", root / "style"}) {
+    std::vector<uchar> jpeg;
+    cv::imencode(".jpg", cv::imread((folder / "img0.png").string()), jpeg);
+    std::ofstream(folder / "0-truncated.jpg", std::ios::binary)
+        .write(reinterpret_cast<const char*>(jpeg.data()), static_cast<std::streamsize>(jpeg.size() / 3));
+    std::ofstream(folder / "0-random.jpg", std::ios::binary) << std::string("\x13\x37 random bytes \xff\x00", 18);
+    std::ofstream(folder / "0-text.png") << "this is not a PNG\n";
+  }
+  auto c = tiny("unreadable", 4);
+  c.train.sample_every = 2;
+  c.train.sample_count = 2;
+  const auto result = train(c, "train:\n  steps: 4\n", false);
+  EXPECT_EQ(result.last_step, 4);
+  EXPECT_TRUE(fs::exists(fs::path(result.run_dir) / "samples" / "step-000002.png"));
+  EXPECT_TRUE(fs::exists(fs::path(result.run_dir) / "samples" / "step-000004.png"));
+  // 8 content and 8 style samples met every bad content file and, with the
+  // epoch's shuffle, at least some bad style ones: each counted once.
+  std::ifstream metrics(fs::path(result.run_dir) / "metrics.jsonl");
+  std::string line, last;
+  while (std::getline(metrics, line)) last = line;
+  const auto at = last.find("\"skipped_files\":");
+  ASSERT_NE(at, std::string::npos) << last;
+  const double skipped = std::stod(last.substr(at + 16));
+  EXPECT_GE(skipped, 3) << last;
+  EXPECT_LE(skipped, 6) << last;
+}
+
+TEST_F(TinyRun, AFolderOfOnlyUnreadableFilesIsAnErrorNamingTheKey) {
+  fs::remove_all(root / "style");
+  fs::create_directories(root / "style");
+  std::ofstream(root / "style" / "a.png") << "not an image\n";
+  std::ofstream(root / "style" / "b.jpg") << "nor this\n";
+  try {
+    train(tiny("nothing-readable", 2), "", false);
+    ADD_FAILURE() << "trained on a style folder without one readable image";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("style"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(TinyRun, MissingDataFolderIsAnErrorNamingIt) {
   auto c = tiny("nodata", 5);
   c.data.content = {(root / "missing").string()};
