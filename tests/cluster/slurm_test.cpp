@@ -216,7 +216,10 @@ TEST_F(Slurm, PreemptedOnTwoTasksAndRequeuedWithOneResumesAndFinishes) {
   const auto run = run_dir(name);
   ASSERT_TRUE(wait_for_steps(id, run, 4)) << job_log(run, id);
   ASSERT_EQ(run_command("scancel -b --signal=USR1 " + id).status, 0);
-  ASSERT_TRUE(wait_until(id, [](const auto& f) { return f.at("Restarts") == "1" || finished(f.at("JobState")); }))
+  // Requeued, the job passes through COMPLETING before it waits as PENDING.
+  ASSERT_TRUE(wait_until(id, [](const auto& f) {
+    return (f.at("Restarts") == "1" && f.at("JobState") == "PENDING") || finished(f.at("JobState"));
+  }))
       << job_log(run, id);
   ASSERT_EQ(job_fields(id).at("JobState"), "PENDING") << job_log(run, id);
   const auto stopped = checkpoint::latest(run / "checkpoints");
