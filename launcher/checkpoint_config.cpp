@@ -17,11 +17,12 @@ trainer::Config checkpoint_config(const fs::path& checkpoint_dir) {
   if (!in) throw std::runtime_error("checkpoint has no readable config.yaml: '" + file.string() + "'");
   std::ostringstream text;
   text << in.rdbuf();
-  // The checkpoint holds the encoder's weights itself; the .pth it was first
-  // loaded from may not exist on this machine, and parse_config would refuse
-  // the configuration (and the encoder would try to read it) if it stayed.
+  // The checkpoint holds the encoder's and decoder's weights itself; the
+  // .pth files they were first loaded from may not exist on this machine, and
+  // parse_config would refuse the configuration (and the networks would try
+  // to read them) if they stayed. Their layouts stay (vgg_layout, decoder_output).
   try {
-    return parse_config(text.str(), {"model.vgg_weights="}, file.string());
+    return parse_config(text.str(), {"model.vgg_weights=", "model.decoder_weights="}, file.string());
   } catch (const ConfigError& e) {
     // A damaged checkpoint is a failed run (exit 1), not a bad command line.
     throw std::runtime_error(std::string("checkpoint configuration unusable: ") + e.what());

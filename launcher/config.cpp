@@ -167,6 +167,11 @@ std::vector<Field> make_fields() {
               "seed of the fixed random VGG"),
       integer("model.decoder_width", AT(model.generator.decoder.width), 1, 1024,
               "decoder block-1 channels (must equal encoder_width)"),
+      text("model.decoder_weights", AT(model.generator.decoder.weights_path),
+           "adain: AdaIN decoder.pth to start the decoder from (its widths must match); empty: random"),
+      choice<std::string>("model.decoder_output", AT(model.generator.decoder.output),
+             {{"auto", "auto"}, {"tanh", "tanh"}, {"linear", "linear"}},
+             "decoder output: tanh-bounded, or linear as AdaIN's (auto: linear with decoder_weights)"),
       integer("model.disc_width", AT(model.discriminator.width), 1, 1024, "PatchGAN first-layer channels"),
       integer("model.disc_layers", AT(model.discriminator.layers), 1, 6, "PatchGAN strided layers (3 = 70x70)"),
       choice<Norm>("model.disc_norm", AT(model.discriminator.norm),
@@ -322,6 +327,12 @@ void check_consistency(const Config& c) {
   if (g.decoder.width != g.encoder.width)
     throw ConfigError("model.decoder_width (" + std::to_string(g.decoder.width) +
                       ") must equal model.encoder_width (" + std::to_string(g.encoder.width) + ")");
+  if (!g.decoder.weights_path.empty()) {
+    if (c.model.family != "adain")
+      throw ConfigError("model.decoder_weights is for model.family adain, not " + c.model.family);
+    if (!std::filesystem::is_regular_file(g.decoder.weights_path))
+      throw ConfigError("model.decoder_weights: file '" + g.decoder.weights_path + "' does not exist");
+  }
   if (!g.encoder.weights_path.empty()) {
     if (g.encoder.width != 64)
       throw ConfigError("model.vgg_weights needs model.encoder_width 64 (real VGG-19), not " +
@@ -436,6 +447,8 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   check_consistency(config);
   check_eval(config);
   resolve_vgg_layout(config.model.generator.encoder);
+  auto& decoder = config.model.generator.decoder;
+  if (decoder.output == "auto") decoder.output = decoder.weights_path.empty() ? "tanh" : "linear";
   return config;
 }
 

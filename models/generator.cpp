@@ -68,10 +68,50 @@ DecoderImpl::DecoderImpl(const DecoderOptions& options_) : options(options_) {
   add_upsample(layers);
   add_conv(layers, w, w, /*relu=*/true);
   add_conv(layers, w, 3, /*relu=*/false);
+  if (options.output == "auto") options.output = options.weights_path.empty() ? "tanh" : "linear";
+  if (options.output != "tanh" && options.output != "linear")
+    throw ModelError("decoder output must be auto, tanh or linear, got '" + options.output + "'");
   // The original decoder is unbounded; tanh keeps outputs in the [-1, 1]
   // image range the discriminator sees for real images.
-  layers->push_back(torch::nn::Tanh());
+  if (options.output == "tanh") layers->push_back(torch::nn::Tanh());
   register_module("layers", layers);
+  if (!options.weights_path.empty()) {
+    const auto digits = [](const std::string& key) {
+      const auto dot = key.find('.');
+      return dot != std::string::npos && dot > 0 && dot < 4 &&
+             key.substr(0, dot).find_first_not_of("0123456789") == std::string::npos;
+    };
+    load_adain(load_state_dict(options.weights_path, digits), options.weights_path);
+  }
+}
+
+void DecoderImpl::load_adain(const std::map<std::string, torch::Tensor>& state, const std::string& source) {
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;  // (ours, theirs): all checked before any copy
+  int64_t last = -1;
+  for (const auto& child : layers->named_children()) {
+    auto* conv = child.value()->as<torch::nn::Conv2d>();
+    if (conv == nullptr) continue;
+    last = static_cast<int64_t>(copies.size());
+    for (const auto& [field, ours] : {std::make_pair("weight", conv->weight), std::make_pair("bias", conv->bias)}) {
+      const std::string key = child.key() + "." + field;
+      const auto found = state.find(key);
+      if (found == state.end()) throw ModelError(source + ": AdaIN decoder has no key '" + key + "'");
+      if (found->second.sizes() != ours.sizes()) {
+        std::ostringstream theirs, wanted;
+        theirs << found->second.sizes();
+        wanted << ours.sizes();
+        throw ModelError(source + ": AdaIN decoder layer " + child.key() + " ('" + key + "') has shape " +
+                         theirs.str() + " but a decoder of width " + std::to_string(options.width) + " needs " +
+                         wanted.str());
+      }
+      copies.emplace_back(ours, found->second);
+    }
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [ours, theirs] : copies) ours.copy_(theirs);
+  // AdaIN's last conv paints [0, 1]; ours paints [-1, 1]: y -> 2y - 1.
+  copies[static_cast<size_t>(last)].first.mul_(2.0);
+  copies[static_cast<size_t>(last) + 1].first.mul_(2.0).sub_(1.0);
 }
 
 torch::Tensor DecoderImpl::forward(const torch::Tensor& features) {

@@ -99,13 +99,25 @@ torch::Tensor adain(const torch::Tensor& content_features, const torch::Tensor& 
 
 struct DecoderOptions {
   int64_t width = 64;  // mirrors the encoder: 8w -> 4w -> 2w -> w -> 3 channels
+  // An AdaIN `decoder.pth` (naoto0804/pytorch-AdaIN: the same layer list, so
+  // its keys `<i>.weight|bias` are our layers'); empty = random init.
+  std::string weights_path;
+  // "tanh": a tanh bounds the output to [-1, 1]; "linear": none, as AdaIN's
+  // own decoder; "auto": linear with weights_path, tanh without.
+  std::string output = "auto";
 };
 
 // The AdaIN decoder: reflection-padded 3x3 convs with nearest upsampling,
-// mirroring the encoder; a tanh puts the image in [-1, 1].
+// mirroring the encoder; a tanh (output "tanh") bounds the image to [-1, 1].
+// AdaIN's weights produce images in [0, 1]: loading them folds y -> 2y - 1
+// into the last convolution, so the output is in atelier's [-1, 1] range.
 struct DecoderImpl : torch::nn::Module {
   explicit DecoderImpl(const DecoderOptions& options);
   torch::Tensor forward(const torch::Tensor& features);
+  // Copies an AdaIN decoder state dict (`<i>.weight|bias`) onto our convs,
+  // folding the output range. Throws ModelError naming the file, the layer
+  // and both shapes when they differ, or a missing key.
+  void load_adain(const std::map<std::string, torch::Tensor>& state, const std::string& source);
 
   DecoderOptions options;
   torch::nn::Sequential layers{nullptr};

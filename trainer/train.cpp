@@ -345,6 +345,10 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   if (leader && !vgg_weights.empty())
     spdlog::info("model.vgg_weights: {}, {} ({})", models::describe_vgg_layout(models::detect_vgg_layout(vgg_weights)),
                  models::state_dict_format(vgg_weights), vgg_weights);
+  const auto& decoder_weights = config.model.generator.decoder.weights_path;
+  if (leader && !decoder_weights.empty())
+    spdlog::info("model.decoder_weights: AdaIN decoder, {} ({}), {} output", models::state_dict_format(decoder_weights),
+                 decoder_weights, config.model.generator.decoder.output);
   if (leader && gan.adain_generator() && !(*gan.adain_generator())->encoder->pretrained())
     spdlog::warn("model.vgg_weights is not set: using a fixed random VGG (seed {}) as encoder and loss network",
                  config.model.generator.encoder.random_seed);

@@ -2,7 +2,7 @@
 // ceil-mode pools) as the encoder: its relu1_1..relu4_1 features equal those
 // Python computes from the same file, in both torch.save formats; the layout
 // is detected from the file, and files of other layouts or shapes are
-// refused naming the problem.
+// refused naming the problem. AdaIN's decoder.pth likewise as the decoder.
 #include <gtest/gtest.h>
 
 #include "tests/models/state_dict_helpers.h"
@@ -91,3 +91,52 @@ TEST_F(OtherNetworkFiles, AStateDictOfAnotherNetworkIsNoVgg) {
         << e.what();
   }
 }
+
+class AdainDecoderFormats : public StateDictVgg, public ::testing::WithParamInterface<const char*> {};
+
+// AdaIN's decoder paints [0, 1]; ours the same image in [-1, 1].
+TEST_P(AdainDecoderFormats, OutputIsWhatPythonComputesFromTheSameFileInOurRange) {
+  const auto reference = read_reference(file("vgg19_reference.pth"));
+  atelier::models::DecoderOptions options;
+  options.weights_path = file(GetParam());
+  atelier::models::Decoder decoder(options);
+  EXPECT_EQ(decoder->options.output, "linear");
+  torch::NoGradGuard no_grad;
+  const auto output = decoder->forward(reference.at("decoder_input").toTensor());
+  const auto expected = reference.at("decoder_output").toTensor() * 2 - 1;
+  ASSERT_EQ(output.sizes(), expected.sizes());
+  EXPECT_LT((output - expected).abs().max().item<double>(), 1e-4 * (1 + expected.abs().max().item<double>()));
+}
+
+INSTANTIATE_TEST_SUITE_P(ZipAndLegacy, AdainDecoderFormats, ::testing::Values("decoder.pth", "decoder_legacy.pth"),
+                         [](const auto& info) {
+                           return std::string(std::string(info.param).find("legacy") == std::string::npos ? "zip"
+                                                                                                       : "legacy");
+                         });
+
+TEST_F(AdainVgg, ADecoderOfAnotherWidthNamesTheLayerAndBothShapes) {
+  atelier::models::DecoderOptions options;
+  options.width = 32;
+  options.weights_path = file("decoder_legacy.pth");
+  try {
+    atelier::models::Decoder decoder(options);
+    ADD_FAILURE() << "a width-64 AdaIN decoder loaded at width 32";
+  } catch (const ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find(file("decoder_legacy.pth") +
+                                         ": AdaIN decoder layer 1 ('1.weight') has shape [256, 512, 3, 3] but a "
+                                         "decoder of width 32 needs [128, 256, 3, 3]"),
+              std::string::npos)
+        << e.what();
+  }
+  atelier::models::Decoder fresh(atelier::models::DecoderOptions{});
+  auto state = load_state_dict(file("decoder.pth"));
+  state.erase("25.bias");
+  try {
+    fresh->load_adain(state, "decoder.pth");
+    ADD_FAILURE() << "a decoder without 25.bias loaded";
+  } catch (const ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("decoder.pth: AdaIN decoder has no key '25.bias'"), std::string::npos)
+        << e.what();
+  }
+}
+

@@ -161,12 +161,21 @@ TEST_P(VggTraining, TrainsWithItSaysWhatItReadAndStylizesFromTheCheckpoint) {
         std::string("model.disc_width=4"), "model.vgg_weights=" + file(weights), std::string("train.steps=1"),
         std::string("train.batch_size=1"), std::string("train.sample_count=1")})
     sets += " --set '" + set + "'";
+  // AdaIN's encoder goes with AdaIN's decoder: the pretrained AdaIN model.
+  const bool adain = std::string(weights).find("normalised") != std::string::npos;
+  if (adain) sets += " --set 'model.decoder_weights=" + file("decoder_legacy.pth") + "'";
   const auto [status, output] = run_command(std::string(ATELIER_BINARY) + " train" + sets);
   EXPECT_EQ(status, 0) << output;
   EXPECT_NE(output.find("model.vgg_weights: " + std::string(said) + ", legacy format (" + file(weights) + ")"),
             std::string::npos)
       << output;
   EXPECT_EQ(output.find("fixed random VGG"), std::string::npos) << output;
+  if (adain) {
+    EXPECT_NE(output.find("model.decoder_weights: AdaIN decoder, legacy format (" + file("decoder_legacy.pth") +
+                          "), linear output"),
+              std::string::npos)
+        << output;
+  }
   const auto [evaluated, report] =
       run_command(std::string(ATELIER_BINARY) + " evaluate --checkpoint " + (root / "runs" / "vgg").string() +
                   " --content " + (root / "content").string() + " --style " + (root / "style").string() +

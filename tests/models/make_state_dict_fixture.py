@@ -8,7 +8,8 @@ vgg      vgg19.pth: torchvision's real, full vgg19 state dict (classifier
          vgg19_legacy.pth: the same in the legacy (pre-1.6) format, the
          layout of torchvision's own download vgg19-dcbb9e9d.pth;
          vgg_normalised.pth, vgg_normalised_legacy.pth: AdaIN's encoder
-         network in both formats;
+         network in both formats; decoder.pth, decoder_legacy.pth: AdaIN's
+         decoder, both formats;
          vgg19_reference.pth: a plain dict torch::pickle_load can read (an
          independent C++ reader) with an input batch, the relu4_1 output of
          features[:21] on it, every tensor's float64 sum, and a few copies.
@@ -56,7 +57,33 @@ def write_vgg(out):
         y01 = (y + 1) / 2  # AdaIN's network takes RGB in [0, 1]
         reference["adain_input"] = y
         reference["adain_features"] = [adain[:end](y01) for end in (4, 11, 18, 31)]
+    decoder = adain_decoder().eval()
+    torch.save(decoder.state_dict(), os.path.join(out, "decoder.pth"))
+    torch.save(decoder.state_dict(), os.path.join(out, "decoder_legacy.pth"), _use_new_zipfile_serialization=False)
+    z = torch.rand(1, 512, 4, 4)  # relu4_1-like features: non-negative
+    with torch.no_grad():
+        reference["decoder_input"] = z
+        reference["decoder_output"] = decoder(z)  # AdaIN's image range, [0, 1]
     torch.save(reference, os.path.join(out, "vgg19_reference.pth"))
+
+
+def adain_decoder():
+    """AdaIN's decoder.pth network (naoto0804/pytorch-AdaIN's net.decoder),
+    rebuilt from its published layout: relu4_1 back to RGB, each 3x3 conv
+    after a 1-pixel reflection pad, nearest x2 upsampling where the encoder
+    pools, no activation at the end; 29 layers. Seeded random values."""
+    nn = torch.nn
+    torch.manual_seed(2)
+    layers = []
+    for item in [(512, 256), "up", (256, 256), (256, 256), (256, 256), (256, 128), "up", (128, 128),
+                 (128, 64), "up", (64, 64), (64, 3)]:
+        if item == "up":
+            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            continue
+        layers += [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(item[0], item[1], (3, 3)), nn.ReLU()]
+    layers.pop()  # the last conv paints the image: no ReLU
+    assert len(layers) == 29
+    return nn.Sequential(*layers)
 
 
 def adain_vgg_normalised():
