@@ -308,6 +308,25 @@ void log_world_change(const Run& run, const Restored& restored) {
   if (!restored.redistributed.empty()) spdlog::warn("{}", restored.redistributed);
 }
 
+// Which weight files the networks were built from, in what layout and
+// format. The AdaIN generator's encoder and decoder say what they resolved
+// ("auto") when they read the files; CycleGAN's evaluation encoder has the
+// layout its configuration resolved.
+void log_weight_files(const Config& config, GanModel& gan) {
+  auto* adain = gan.adain_generator();
+  const auto& vgg_weights = config.model.generator.encoder.weights_path;
+  if (!vgg_weights.empty()) {
+    const auto& layout = adain ? (*adain)->encoder->options.layout : config.model.generator.encoder.layout;
+    spdlog::info("model.vgg_weights: {}, {} ({})",
+                 models::describe_vgg_layout(layout == "auto" ? models::detect_vgg_layout(vgg_weights) : layout),
+                 models::state_dict_format(vgg_weights), vgg_weights);
+  }
+  const auto& decoder_weights = config.model.generator.decoder.weights_path;
+  if (adain && !decoder_weights.empty())
+    spdlog::info("model.decoder_weights: AdaIN decoder, {} ({}), {} output", models::state_dict_format(decoder_weights),
+                 decoder_weights, (*adain)->decoder->options.output);
+}
+
 void check_sources(const Config& config) {
   if (config.data.source != "folder") return;  // the servers hold the images
   if (config.data.content.empty()) throw TrainError("data.content is empty: set it to folders or files of images");
@@ -341,14 +360,7 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   const auto loader_opts = loader_options(config, *run.comm);
   const auto model = make_model(config, run.comm);
   GanModel& gan = *model;
-  const auto& vgg_weights = config.model.generator.encoder.weights_path;
-  if (leader && !vgg_weights.empty())
-    spdlog::info("model.vgg_weights: {}, {} ({})", models::describe_vgg_layout(models::detect_vgg_layout(vgg_weights)),
-                 models::state_dict_format(vgg_weights), vgg_weights);
-  const auto& decoder_weights = config.model.generator.decoder.weights_path;
-  if (leader && !decoder_weights.empty())
-    spdlog::info("model.decoder_weights: AdaIN decoder, {} ({}), {} output", models::state_dict_format(decoder_weights),
-                 decoder_weights, config.model.generator.decoder.output);
+  if (leader) log_weight_files(config, gan);
   if (leader && gan.adain_generator() && !(*gan.adain_generator())->encoder->pretrained())
     spdlog::warn("model.vgg_weights is not set: using a fixed random VGG (seed {}) as encoder and loss network",
                  config.model.generator.encoder.random_seed);
