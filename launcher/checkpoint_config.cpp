@@ -1,5 +1,6 @@
 // What a checkpoint holds for the commands that use a trained model
-// (stylize, export): its training configuration and its generator.
+// (stylize, export, evaluate): its training configuration and its
+// generator; or AdaIN's pretrained generator from its weight files.
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -62,6 +63,21 @@ const char* cyclegan_file(const std::string& direction) {
 models::AdaINGenerator load_generator(const fs::path& checkpoint_dir, const trainer::Config& config) {
   check_verified(checkpoint_dir, config, "adain");
   return loaded(checkpoint_dir, "generator.pt", models::AdaINGenerator(config.model.generator));
+}
+
+models::AdaINGenerator load_pretrained_generator(const std::string& vgg_weights, const std::string& decoder_weights) {
+  models::GeneratorOptions options;
+  options.encoder.width = 64;  // AdaIN's decoder reads relu4_1's 512 channels
+  options.encoder.weights_path = vgg_weights;
+  options.decoder.width = 64;
+  options.decoder.weights_path = decoder_weights;
+  try {
+    models::AdaINGenerator generator(options);
+    generator->eval();
+    return generator;
+  } catch (const models::ModelError& e) {
+    throw std::runtime_error(std::string("cannot build the pretrained AdaIN model: ") + e.what());
+  }
 }
 
 models::ResnetGenerator load_cyclegan_generator(const fs::path& checkpoint_dir, const trainer::Config& config,

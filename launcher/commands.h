@@ -42,6 +42,12 @@ trainer::Config checkpoint_config(const std::filesystem::path& checkpoint_dir);
 // verify, or its generator.pt does not fit the configuration.
 models::AdaINGenerator load_generator(const std::filesystem::path& checkpoint_dir, const trainer::Config& config);
 
+// AdaIN's pretrained model straight from its files, no checkpoint and no
+// training: a full-width VGG-19 encoder from `vgg_weights` (either layout,
+// detected) and the decoder from AdaIN's `decoder_weights`, in eval mode.
+// Throws naming the file that cannot be read or does not fit.
+models::AdaINGenerator load_pretrained_generator(const std::string& vgg_weights, const std::string& decoder_weights);
+
 // A cyclegan checkpoint's generator for `direction`: "a2b" (G_A, content
 // domain to style domain) or "b2a" (G_B), verified, in eval mode. Throws
 // ConfigError for another direction, and naming the checkpoint when it is

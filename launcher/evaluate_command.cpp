@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "checkpoint/checkpoint.h"
+#include "comm/comm.h"
 #include "data/data.h"
 #include "evaluate/evaluate.h"
 #include "launcher/commands.h"
@@ -36,7 +37,9 @@ struct EvaluateArgs {
   int64_t threads = 0;               // 0: the cores shared among this machine's ranks
   std::string out;
   std::string compare;               // an earlier eval.json, or empty
-  std::string vgg_weights;           // cyclegan: torchvision VGG-19 .pth for the loss network; empty = random VGG
+  std::string vgg_weights;           // cyclegan: VGG-19 .pth for the loss network (empty = random VGG);
+                                     // no checkpoint: AdaIN's encoder
+  std::string decoder_weights;       // no checkpoint: AdaIN's decoder.pth
 };
 
 const char* const kGroupTitles[][2] = {
@@ -61,6 +64,12 @@ void check_args(const EvaluateArgs& args) {
   if (args.size != 0 && (args.size < 16 || args.size % 8 != 0))
     throw ConfigError("--size: " + std::to_string(args.size) + " must be a multiple of 8 and at least 16");
   if (args.batch < 1) throw ConfigError("--batch: must be at least 1, got " + std::to_string(args.batch));
+  if (args.checkpoint.empty() && (args.vgg_weights.empty() || args.decoder_weights.empty()))
+    throw ConfigError("--checkpoint: give a checkpoint, or AdaIN's pretrained model as --vgg-weights and "
+                      "--decoder-weights");
+  if (!args.checkpoint.empty() && !args.decoder_weights.empty())
+    throw ConfigError("--decoder-weights measures AdaIN's pretrained model without a checkpoint; a checkpoint holds "
+                      "its own decoder: give one or the other");
   const auto content = images_of(args.content, "--content");
   const auto style = images_of(args.style, "--style");
   const auto all = static_cast<int64_t>(content.size() * style.size());
@@ -86,22 +95,34 @@ bool trained_with_imagenet_vgg(const fs::path& checkpoint_dir) {
 // nlohmann writes inf and NaN as null; a PSNR of identical images is +inf.
 json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
-json to_json(const EvaluateArgs& args, const fs::path& dir, const trainer::Config& config, int64_t size,
-             const evaluate::EvalResult& result) {
-  const auto& encoder = config.model.generator.encoder;
-  json out = {{"checkpoint", dir.string()},
-              {"step", checkpoint::read_manifest(dir).step},
-              {"model", config.model.family},
+// What was measured: a checkpoint at its step, or AdaIN's pretrained files.
+struct Measured {
+  json checkpoint, step, weights;  // weights: {vgg, decoder} without a checkpoint, else null
+  std::string family;
+  models::EncoderOptions encoder;  // the configured loss network (random VGG's width and seed)
+  std::string name() const {
+    if (!checkpoint.is_null()) return checkpoint.get<std::string>() + " (step " + step.dump() + ")";
+    return "AdaIN's pretrained model (" + weights["vgg"].get<std::string>() + ", " +
+           weights["decoder"].get<std::string>() + ")";
+  }
+};
+
+json to_json(const EvaluateArgs& args, const Measured& measured, int64_t size, const evaluate::EvalResult& result) {
+  const bool imagenet = result.distance_name == "VGG-FID";
+  json out = {{"checkpoint", measured.checkpoint},
+              {"step", measured.step},
+              {"model", measured.family},
               {"content", args.content},
               {"style", args.style},
               {"pairs", result.pairs},
               {"style_images", result.style_images},
               {"size", size},
               {"loss_network",
-               {{"weights", result.distance_name == "VGG-FID" ? "imagenet" : "random"},
-                {"width", result.distance_name == "VGG-FID" ? int64_t{64} : encoder.width},
-                {"seed", encoder.random_seed},
+               {{"weights", imagenet ? "imagenet" : "random"},
+                {"width", imagenet ? int64_t{64} : measured.encoder.width},
+                {"seed", measured.encoder.random_seed},
                 {"distance", result.distance_name}}}};
+  if (!measured.weights.is_null()) out["weights"] = measured.weights;
   if (!result.distances_skipped.empty()) out["distances_skipped"] = result.distances_skipped;
   json metrics = json::object();
   for (const auto& m : result.metrics) metrics[m.key] = number_or_null(m.value);
@@ -109,9 +130,8 @@ json to_json(const EvaluateArgs& args, const fs::path& dir, const trainer::Confi
   return out;
 }
 
-void print_table(const json& report, const evaluate::EvalResult& result) {
-  std::printf("evaluated %s (step %lld): %lld pairs, %lld style images, %lld px\n",
-              report["checkpoint"].get<std::string>().c_str(), static_cast<long long>(report["step"].get<int64_t>()),
+void print_table(const json& report, const Measured& measured, const evaluate::EvalResult& result) {
+  std::printf("evaluated %s: %lld pairs, %lld style images, %lld px\n", measured.name().c_str(),
               static_cast<long long>(result.pairs), static_cast<long long>(result.style_images),
               static_cast<long long>(report["size"].get<int64_t>()));
   if (result.distance_name != "VGG-FID")
@@ -184,6 +204,31 @@ void write_report(const std::string& path, const json& report) {
   if (!file) throw std::runtime_error("--out: cannot write '" + path + "'");
 }
 
+// A checkpoint's generator(s) on this rank's share of the set.
+evaluate::EvalResult evaluate_checkpoint(const EvaluateArgs& args, const fs::path& dir, const trainer::Config& config,
+                                         const evaluate::EvalSet& set, comm::Communicator& comm,
+                                         evaluate::EvalOptions options) {
+  if (config.model.family == "cyclegan") {
+    // The checkpoint has no loss network: the configured one (random VGG of
+    // its width and seed) or the VGG-19 file given here, in its own layout.
+    auto encoder_options = config.model.generator.encoder;
+    encoder_options.weights_path = args.vgg_weights;
+    if (!args.vgg_weights.empty()) {
+      encoder_options.width = 64;
+      encoder_options.layout = "auto";
+    }
+    models::VGGEncoder loss_network(encoder_options);
+    auto generators = load_cyclegan_generators(dir, config);
+    options.imagenet_weights = !args.vgg_weights.empty();
+    return evaluate::evaluate(generators.a2b, generators.b2a, loss_network, set, comm, options);
+  }
+  if (!args.vgg_weights.empty())
+    throw ConfigError("--vgg-weights: an adain checkpoint measures with its own encoder; leave the option out");
+  auto generator = load_generator(dir, config);
+  options.imagenet_weights = trained_with_imagenet_vgg(dir);
+  return evaluate::evaluate(generator, set, comm, options);
+}
+
 int run_evaluate(const EvaluateArgs& args) {
   check_args(args);
   const json other = args.compare.empty() ? json() : read_report(args.compare);
@@ -191,37 +236,40 @@ int run_evaluate(const EvaluateArgs& args) {
   const auto comm = comm::make_communicator(env, {});
   const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
   torch::set_num_threads(static_cast<int>(args.threads > 0 ? args.threads : std::max<int64_t>(1, cores / comm->world_size())));
-  const fs::path dir = checkpoint::resolve(args.checkpoint);
-  const auto config = checkpoint_config(dir);
+  Measured measured;
+  trainer::Config config;
+  fs::path dir;
+  if (args.checkpoint.empty()) {
+    measured.family = "adain";
+    measured.weights = {{"vgg", args.vgg_weights}, {"decoder", args.decoder_weights}};
+  } else {
+    dir = checkpoint::resolve(args.checkpoint);
+    config = checkpoint_config(dir);
+    measured.checkpoint = dir.string();
+    measured.step = checkpoint::read_manifest(dir).step;
+    measured.family = config.model.family;
+  }
+  measured.encoder = config.model.generator.encoder;
+  // Without a checkpoint (and --size), data.crop_size's default: 128.
   const int64_t size = args.size > 0 ? args.size : config.data.augment.crop_size;
   const auto set = evaluate::load_eval_set({args.content, args.style, args.pairs, size}, comm->rank(), comm->world_size());
   if (comm->rank() == 0)
-    spdlog::info("evaluating {} on {} pairs at {} px over {} rank(s)", dir.string(), set.total_pairs, size,
+    spdlog::info("evaluating {} on {} pairs at {} px over {} rank(s)", measured.name(), set.total_pairs, size,
                  comm->world_size());
   evaluate::EvalOptions options;
   options.batch = args.batch;
   evaluate::EvalResult result;
-  if (config.model.family == "cyclegan") {
-    // The checkpoint has no loss network: the configured one (random VGG of
-    // its width and seed) or the ImageNet VGG-19 given here.
-    auto encoder_options = config.model.generator.encoder;
-    encoder_options.weights_path = args.vgg_weights;
-    if (!args.vgg_weights.empty()) encoder_options.width = 64;
-    models::VGGEncoder loss_network(encoder_options);
-    auto generators = load_cyclegan_generators(dir, config);
-    options.imagenet_weights = !args.vgg_weights.empty();
-    result = evaluate::evaluate(generators.a2b, generators.b2a, loss_network, set, *comm, options);
-  } else {
-    if (!args.vgg_weights.empty())
-      throw ConfigError("--vgg-weights: an adain checkpoint measures with its own encoder; leave the option out");
-    auto generator = load_generator(dir, config);
-    options.imagenet_weights = trained_with_imagenet_vgg(dir);
+  if (args.checkpoint.empty()) {
+    auto generator = load_pretrained_generator(args.vgg_weights, args.decoder_weights);
+    options.imagenet_weights = true;
     result = evaluate::evaluate(generator, set, *comm, options);
+  } else {
+    result = evaluate_checkpoint(args, dir, config, set, *comm, options);
   }
   if (comm->rank() != 0) return 0;  // every rank has the result; rank 0 reports it
-  const auto report = to_json(args, dir, config, size, result);
+  const auto report = to_json(args, measured, size, result);
   write_report(args.out, report);
-  print_table(report, result);
+  print_table(report, measured, result);
   if (!args.compare.empty()) print_comparison(report, other, result, args.compare);
   std::printf("\nwritten to %s\n", args.out.c_str());
   return 0;
@@ -233,21 +281,24 @@ void add_evaluate_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<EvaluateArgs>();
   auto* cmd = app.add_subcommand("evaluate", "Measure a checkpoint: SSIM, PSNR, content/style losses, FD and KID");
   cmd->add_option("--checkpoint", args->checkpoint,
-                  "Checkpoint: runs/x, runs/x/checkpoints, a step-N directory or a LATEST file")
-      ->required();
+                  "Checkpoint: runs/x, runs/x/checkpoints, a step-N directory or a LATEST file");
   cmd->add_option("--content", args->content, "Content image folders or files (searched recursively)")
       ->required()
       ->expected(1, -1);
   cmd->add_option("--style", args->style, "Style image folders or files")->required()->expected(1, -1);
   cmd->add_option("--pairs", args->pairs, "(content, style) pairs to evaluate (default 0: every pair)");
-  cmd->add_option("--size", args->size, "Image side: centre crops of this size (default: the checkpoint's crop size)");
+  cmd->add_option("--size", args->size, "Image side: centre crops of this size (default: the checkpoint's crop size; 128 without one)");
   cmd->add_option("--batch", args->batch, "Pairs stylised at once");
   cmd->add_option("--threads", args->threads, "LibTorch intra-op threads (default: cores / ranks on this machine)");
   cmd->add_option("--out", args->out, "JSON report to write")->required();
   cmd->add_option("--compare", args->compare, "An earlier report: print this one's difference to it")
       ->check(CLI::ExistingFile);
   cmd->add_option("--vgg-weights", args->vgg_weights,
-                  "cyclegan: torchvision VGG-19 state dict (.pth) as the loss network (default: the fixed random VGG)")
+                  "cyclegan: a VGG-19 state dict (torchvision's, or AdaIN's vgg_normalised.pth) as the loss network "
+                  "(default: the fixed random VGG); without --checkpoint: AdaIN's encoder, with --decoder-weights")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--decoder-weights", args->decoder_weights,
+                  "Instead of a checkpoint: AdaIN's decoder.pth, with --vgg-weights (AdaIN's pretrained model)")
       ->check(CLI::ExistingFile);
   cmd->footer("A cyclegan checkpoint is measured on its a2b outputs, plus the cycle reconstruction both ways.\n"
               "Under mpirun the pairs are spread over the ranks; the numbers equal a single rank's.\n"

@@ -1,7 +1,9 @@
 // `atelier stylize --checkpoint C --content in.jpg|DIR --style s.jpg ... --out out.png|DIR`:
 // apply a trained AdaIN-GAN generator to images of any size, with style
 // interpolation, a content/style trade-off and colour preservation; or a
-// CycleGAN generator (`--direction a2b|b2a`, no style image).
+// CycleGAN generator (`--direction a2b|b2a`, no style image). Instead of a
+// checkpoint, `--vgg-weights vgg_normalised.pth --decoder-weights
+// decoder.pth` stylizes with AdaIN's pretrained model, before any training.
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -30,6 +32,7 @@ constexpr int64_t kStride = 8;
 
 struct StylizeArgs {
   std::string checkpoint;
+  std::string vgg_weights, decoder_weights;  // AdaIN's pretrained files, instead of a checkpoint
   std::string content;  // an image file or a folder of images
   std::vector<std::string> styles;
   std::vector<double> weights;  // empty: every style weighs the same
@@ -88,6 +91,17 @@ void check_args(const StylizeArgs& args) {
   if (args.size != 0 && (args.size < kStride || args.size > 65536))
     throw ConfigError("--size: " + std::to_string(args.size) + " is outside [8, 65536] (0 keeps each image's size)");
   if (args.batch < 1) throw ConfigError("--batch: must be at least 1, got " + std::to_string(args.batch));
+  const bool files = !args.vgg_weights.empty() || !args.decoder_weights.empty();
+  if (args.checkpoint.empty() && !files)
+    throw ConfigError("--checkpoint: give a checkpoint, or AdaIN's pretrained model as --vgg-weights and "
+                      "--decoder-weights");
+  if (!args.checkpoint.empty() && files)
+    throw ConfigError("--vgg-weights/--decoder-weights stylize without a checkpoint; a checkpoint holds its own "
+                      "networks: give one or the other");
+  if (files && (args.vgg_weights.empty() || args.decoder_weights.empty()))
+    throw ConfigError(std::string(args.vgg_weights.empty() ? "--vgg-weights" : "--decoder-weights") +
+                      ": the pretrained AdaIN model needs both the encoder (--vgg-weights) and the decoder "
+                      "(--decoder-weights)");
 }
 
 // The (content, output) pairs: one for a file, one per image for a folder,
@@ -139,24 +153,35 @@ void check_family_args(const StylizeArgs& args, const std::string& family) {
 }
 
 Model load_model(const StylizeArgs& args) {
-  const fs::path dir = checkpoint::resolve(args.checkpoint);
-  const auto config = checkpoint_config(dir);
-  check_family_args(args, config.model.family);
   Model model;
-  if (config.model.family == "cyclegan") {
-    const auto direction = args.direction.empty() ? std::string("a2b") : args.direction;
-    model.translator = load_cyclegan_generator(dir, config, direction);
-    spdlog::info("translating with {} ({})", dir.string(), direction);
-    return model;
+  std::string source;
+  if (args.checkpoint.empty()) {
+    check_family_args(args, "adain");
+    model.generator = load_pretrained_generator(args.vgg_weights, args.decoder_weights);
+    source = "AdaIN's pretrained model: " +
+             models::describe_vgg_layout(model.generator->encoder->options.layout) + " '" + args.vgg_weights +
+             "' (" + models::state_dict_format(args.vgg_weights) + "), decoder '" + args.decoder_weights + "' (" +
+             models::state_dict_format(args.decoder_weights) + ")";
+  } else {
+    const fs::path dir = checkpoint::resolve(args.checkpoint);
+    const auto config = checkpoint_config(dir);
+    check_family_args(args, config.model.family);
+    if (config.model.family == "cyclegan") {
+      const auto direction = args.direction.empty() ? std::string("a2b") : args.direction;
+      model.translator = load_cyclegan_generator(dir, config, direction);
+      spdlog::info("translating with {} ({})", dir.string(), direction);
+      return model;
+    }
+    model.generator = load_generator(dir, config);
+    source = dir.string();
   }
-  model.generator = load_generator(dir, config);
   for (const auto& path : args.styles) {
     model.styles.push_back(data::load_image(path, args.size));
     check_side(model.styles.back(), path);
   }
   model.weights = args.weights;
   if (model.weights.empty()) model.weights.assign(args.styles.size(), 1.0 / static_cast<double>(args.styles.size()));
-  spdlog::info("stylizing with {} ({} style image(s), alpha {})", dir.string(), args.styles.size(), args.alpha);
+  spdlog::info("stylizing with {} ({} style image(s), alpha {})", source, args.styles.size(), args.alpha);
   return model;
 }
 
@@ -278,10 +303,15 @@ int run_stylize(const StylizeArgs& args) {
 
 void add_stylize_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<StylizeArgs>();
-  auto* cmd = app.add_subcommand("stylize", "Stylize images with a trained AdaIN-GAN or CycleGAN checkpoint");
+  auto* cmd = app.add_subcommand("stylize", "Stylize images with a trained AdaIN-GAN or CycleGAN checkpoint, or AdaIN's pretrained files");
   cmd->add_option("--checkpoint", args->checkpoint,
-                  "Checkpoint: runs/x, runs/x/checkpoints, a step-N directory or a LATEST file")
-      ->required();
+                  "Checkpoint: runs/x, runs/x/checkpoints, a step-N directory or a LATEST file");
+  cmd->add_option("--vgg-weights", args->vgg_weights,
+                  "Instead of a checkpoint: AdaIN's vgg_normalised.pth (or torchvision's VGG-19) as the encoder")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--decoder-weights", args->decoder_weights,
+                  "Instead of a checkpoint: AdaIN's trained decoder.pth (with --vgg-weights)")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--content", args->content, "Content image, or a folder of them (searched recursively)")
       ->required();
   cmd->add_option("--style", args->styles, "Style image; repeat to mix several styles (adain)")
@@ -300,6 +330,7 @@ void add_stylize_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--threads", args->threads, "LibTorch intra-op threads (default: one per core)");
   cmd->add_option("--out", args->out, "Output image (.png/.jpg), or a folder when --content is a folder")->required();
   cmd->footer("adain checkpoints need --style; cyclegan checkpoints take --direction instead.\n"
+              "--vgg-weights with --decoder-weights (AdaIN's pretrained files) stylize without any training.\n"
               "Any image size works: inputs are reflect-padded to a multiple of 8 and cropped back.\n"
               "A folder of content images gives a folder of PNGs named after them.\n"
               "Exit code 2: bad options; 1: an image or the checkpoint could not be used.");

@@ -144,9 +144,9 @@ TEST_F(LegacyStateDictFiles, CorruptedBytesAreRefusedNeverACrash) {
 
 class VggTraining : public StateDictVgg, public ::testing::WithParamInterface<std::pair<const char*, const char*>> {};
 
-// Trained from the file (the log names layout and format), then stylized
-// from the checkpoint alone: its config.yaml names the layout, so the
-// encoder is rebuilt without the file.
+// Trained from the file (the log names layout and format), then evaluated,
+// stylized and explained from the checkpoint alone: its config.yaml names
+// the layout, so the encoder is rebuilt without the file.
 TEST_P(VggTraining, TrainsWithItSaysWhatItReadAndStylizesFromTheCheckpoint) {
   const auto [weights, said] = GetParam();
   const fs::path root = make_temp_dir();
@@ -188,6 +188,14 @@ TEST_P(VggTraining, TrainsWithItSaysWhatItReadAndStylizesFromTheCheckpoint) {
       (root / "out.png").string());
   EXPECT_EQ(stylized, 0) << stylize_output;
   EXPECT_TRUE(fs::exists(root / "out.png"));
+  // The explainer rebuilds the encoder in the checkpoint's layout too.
+  const auto [explained, explain_output] = run_command(
+      std::string(ATELIER_BINARY) + " explain --checkpoint " + (root / "runs" / "vgg").string() + " --content " +
+      (root / "content" / fs::directory_iterator(root / "content")->path().filename()).string() + " --style " +
+      (root / "style" / fs::directory_iterator(root / "style")->path().filename()).string() + " --out " +
+      (root / "explained").string() + " --size 32 --methods features style_layers");
+  EXPECT_EQ(explained, 0) << explain_output;
+  EXPECT_TRUE(fs::exists(root / "explained" / "report.html")) << explain_output;
   fs::remove_all(root);
 }
 

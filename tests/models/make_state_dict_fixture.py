@@ -64,14 +64,38 @@ def write_vgg(out):
     with torch.no_grad():
         reference["decoder_input"] = z
         reference["decoder_output"] = decoder(z)  # AdaIN's image range, [0, 1]
+    reference.update(pretrained_stylization(adain, decoder))
     torch.save(reference, os.path.join(out, "vgg19_reference.pth"))
+
+
+def pretrained_stylization(vgg, decoder):
+    """AdaIN's pretrained model end to end, as `atelier stylize --vgg-weights
+    --decoder-weights` runs it: decoder(AdaIN(relu4_1(c), relu4_1(s))) on
+    images of 8-bit values (what PNG files hold); AdaIN's std is the paper's,
+    sqrt(biased variance + 1e-5). The output is clamped to [0, 1], as an
+    image file keeps it."""
+    g = torch.Generator().manual_seed(3)
+    content = torch.randint(0, 256, (3, 32, 32), generator=g).float()
+    style = torch.randint(0, 256, (3, 40, 48), generator=g).float()
+
+    def mean_std(f):
+        return f.mean((2, 3), keepdim=True), (f.var((2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+
+    with torch.no_grad():
+        fc = vgg[:31](content.unsqueeze(0) / 255)
+        fs = vgg[:31](style.unsqueeze(0) / 255)
+        (cm, cs), (sm, ss) = mean_std(fc), mean_std(fs)
+        out = decoder((fc - cm) / cs * ss + sm)[0]
+    return {"stylize_content": content, "stylize_style": style, "stylize_output": out.clamp(0, 1),
+            "stylize_unclamped": out}
 
 
 def adain_decoder():
     """AdaIN's decoder.pth network (naoto0804/pytorch-AdaIN's net.decoder),
     rebuilt from its published layout: relu4_1 back to RGB, each 3x3 conv
     after a 1-pixel reflection pad, nearest x2 upsampling where the encoder
-    pools, no activation at the end; 29 layers. Seeded random values."""
+    pools, no activation at the end; 29 layers. Seeded random values (He
+    init), the last layer's scaled so that outputs span [0, 1]."""
     nn = torch.nn
     torch.manual_seed(2)
     layers = []
@@ -83,7 +107,22 @@ def adain_decoder():
         layers += [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(item[0], item[1], (3, 3)), nn.ReLU()]
     layers.pop()  # the last conv paints the image: no ReLU
     assert len(layers) == 29
+    he_init(layers)
+    with torch.no_grad():  # images around mid-grey that span much of [0, 1], as a trained decoder's do
+        layers[-1].weight *= 0.1
+        layers[-1].bias.fill_(0.5)
     return nn.Sequential(*layers)
+
+
+def he_init(layers):
+    """He-initialised convolutions keep the activations' scale through the
+    layers, as trained networks do; PyTorch's default init shrinks them
+    ~100-fold over VGG's depth, and a decoder's output would then hardly
+    depend on its input (a test of the whole chain would see only biases)."""
+    for layer in layers:
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            torch.nn.init.uniform_(layer.bias, -0.05, 0.05)
 
 
 def adain_vgg_normalised():
@@ -91,7 +130,7 @@ def adain_vgg_normalised():
     naoto0804/pytorch-AdaIN's net.vgg lists it), rebuilt from its published
     layout: a 1x1 conv (3 -> 3) that normalises the input, then VGG-19's 3x3
     convs each after a 1-pixel reflection pad, ceil-mode 2x2 max pools
-    between blocks; 53 layers, relu5_4 last. Seeded random values."""
+    between blocks; 53 layers, relu5_4 last. Seeded random values (He init)."""
     nn = torch.nn
     torch.manual_seed(1)
     layers = [nn.Conv2d(3, 3, (1, 1))]
@@ -103,6 +142,7 @@ def adain_vgg_normalised():
             layers += [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(channels, width, (3, 3)), nn.ReLU()]
             channels = width
     assert len(layers) == 53
+    he_init(layers)
     return nn.Sequential(*layers)
 
 
