@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -37,6 +38,7 @@ struct Environment {
   int rank = 0;                        // global rank, 0 .. world_size-1
   int world_size = 1;                  // number of ranks in the job
   int local_rank = 0;                  // rank on this node (picks the GPU)
+  int local_size = 0;                  // ranks on this node; 0 = the launcher did not say
   std::string master_addr;             // torchrun: rendezvous host (rank 0)
   int master_port = 0;                 // torchrun: rendezvous port
 };
@@ -47,6 +49,36 @@ struct Environment {
 // Throws CommError naming a variable that is not a valid number or a rank
 // outside [0, world_size).
 Environment detect_environment();
+
+// ---------------------------------------------------------------------------
+// Device: which one a rank computes on
+
+// What this build and machine offer; device_facts() reads them.
+struct DeviceFacts {
+  bool cuda_built = false;        // LibTorch was built with CUDA
+  int cuda_devices = 0;           // GPUs it sees (after CUDA_VISIBLE_DEVICES)
+  std::optional<std::string> visible_devices;  // CUDA_VISIBLE_DEVICES, when set
+};
+DeviceFacts device_facts();
+
+struct DeviceChoice {
+  torch::Device device{torch::kCPU};
+  std::string reason;  // why, in words, for the log ("auto: no GPU visible")
+};
+
+// The device of a rank at `env` for `requested` (train.device, --device):
+// "cpu"; "cuda": cuda:<local rank>, one GPU per rank on a node; "cuda:N":
+// GPU N (one rank per node only); "auto": as "cuda" when a GPU is visible,
+// else "cpu". A pure function of its arguments. Throws CommError naming the
+// reason: an unknown value, CUDA asked of a CPU-only LibTorch, no GPU
+// visible, or fewer GPUs than ranks on the node (both numbers named).
+DeviceChoice choose_device(const std::string& requested, const Environment& env, const DeviceFacts& facts);
+
+// Whether `requested` is one of the forms choose_device takes.
+bool valid_device_name(const std::string& requested);
+
+// The communication backends compiled into this build, e.g. {"mpi"}.
+std::vector<std::string> compiled_backends();
 
 // ---------------------------------------------------------------------------
 // Communicator

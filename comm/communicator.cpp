@@ -95,7 +95,7 @@ void broadcast_from_rank0(Communicator& comm, const std::vector<torch::Tensor>& 
 uint32_t checksum(const std::vector<torch::Tensor>& tensors) {
   boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
   for (const auto& t : tensors) {
-    const auto flat = t.detach().contiguous();
+    const auto flat = t.detach().to(torch::kCPU).contiguous();
     crc.process_bytes(flat.data_ptr(), static_cast<size_t>(flat.numel()) * flat.element_size());
   }
   return crc.checksum();

@@ -147,6 +147,7 @@ struct EvalResult {
 // with its own share of the same set; every rank returns the same result,
 // which equals a single rank's over the whole set. Feature distances use the
 // generator's encoder (the loss network): globally average-pooled relu4_1.
+// The set stays on the host; batches run on the generator's device.
 EvalResult evaluate(models::AdaINGenerator& generator, const EvalSet& set, comm::Communicator& comm,
                     const EvalOptions& options);
 

@@ -133,15 +133,23 @@ torch::Tensor measure_cyclegan(models::ResnetGenerator& a2b, models::ResnetGener
   return measure_rows(encoder, content, out);
 }
 
-torch::Tensor local_rows(const MeasureBatch& measure, const EvalSet& set, int64_t batch, int64_t columns) {
+// The set stays on the host; each batch goes to `device` (the networks'),
+// and its rows come back.
+torch::Tensor local_rows(const MeasureBatch& measure, const EvalSet& set, int64_t batch, int64_t columns,
+                         torch::Device device) {
   auto rows = torch::zeros({set.slots, columns}, torch::kDouble);
   const int64_t n = set.content.defined() ? set.content.size(0) : 0;
   for (int64_t begin = 0; begin < n; begin += batch) {
     const int64_t count = std::min(batch, n - begin);
     rows.narrow(0, begin, count)
-        .copy_(measure(set.content.narrow(0, begin, count), set.style.narrow(0, begin, count)));
+        .copy_(measure(set.content.narrow(0, begin, count).to(device), set.style.narrow(0, begin, count).to(device)));
   }
   return rows;
+}
+
+torch::Device device_of(const torch::nn::Module& module) {
+  const auto parameters = module.parameters();
+  return parameters.empty() ? torch::Device(torch::kCPU) : parameters.front().device();
 }
 
 // Adds the two set-level distances (or says why they are missing).
@@ -248,14 +256,15 @@ namespace {
 // Every rank measures its pairs with `measure` (in eval mode, without
 // gradients); the rows are gathered and summarised identically everywhere.
 EvalResult evaluate_rows(const MeasureBatch& measure, const std::vector<PairMetric>& metrics, int64_t d,
-                         const EvalSet& set, comm::Communicator& comm, const EvalOptions& options) {
+                         const EvalSet& set, comm::Communicator& comm, const EvalOptions& options,
+                         torch::Device device) {
   check_set(set, comm.world_size());
   if (options.batch < 1) throw EvalError("evaluation batch must be at least 1, got " + std::to_string(options.batch));
   const auto k = static_cast<int64_t>(metrics.size());
   torch::Tensor rows;
   {
     torch::NoGradGuard no_grad;
-    rows = local_rows(measure, set, options.batch, k + 2 * d);
+    rows = local_rows(measure, set, options.batch, k + 2 * d, device);
   }
   // Rank r's block holds pairs [r * slots, ...) with its padding at the end,
   // and only the last non-empty block is short: the first total_pairs rows of
@@ -289,16 +298,21 @@ EvalResult evaluate(models::AdaINGenerator& generator, const EvalSet& set, comm:
   const auto measure = [&generator](const torch::Tensor& c, const torch::Tensor& s) {
     return measure_adain(generator, c, s);
   };
-  return evaluate_rows(measure, pair_metrics(true), generator->encoder->out_channels(), set, comm, options);
+  return evaluate_rows(measure, pair_metrics(true), generator->encoder->out_channels(), set, comm, options,
+                       device_of(*generator));
 }
 
 EvalResult evaluate(models::ResnetGenerator& a2b, models::ResnetGenerator& b2a, models::VGGEncoder& loss_network,
                     const EvalSet& set, comm::Communicator& comm, const EvalOptions& options) {
+  const auto device = device_of(*a2b);
+  if (device_of(*b2a) != device || device_of(*loss_network) != device)
+    throw EvalError("evaluate: the generators and the loss network are on different devices (" + device.str() + ", " +
+                    device_of(*b2a).str() + ", " + device_of(*loss_network).str() + ")");
   TrainingModeGuard mode_a(*a2b), mode_b(*b2a);
   const auto measure = [&](const torch::Tensor& c, const torch::Tensor& s) {
     return measure_cyclegan(a2b, b2a, loss_network, c, s);
   };
-  return evaluate_rows(measure, pair_metrics(false), loss_network->out_channels(), set, comm, options);
+  return evaluate_rows(measure, pair_metrics(false), loss_network->out_channels(), set, comm, options, device);
 }
 
 double metric(const EvalResult& result, const std::string& key) {

@@ -47,7 +47,8 @@ torch::Tensor band_matrix(int64_t size) {
 
 // Weighted local means of [N, K, H, W] over every position where the window fits ('valid').
 torch::Tensor local_mean(const torch::Tensor& images) {
-  return torch::matmul(torch::matmul(band_matrix(images.size(2)).t(), images), band_matrix(images.size(3)));
+  const auto rows = band_matrix(images.size(2)).to(images.device()), columns = band_matrix(images.size(3)).to(images.device());
+  return torch::matmul(torch::matmul(rows.t(), images), columns);
 }
 
 void check_feature_sets(const char* what, const torch::Tensor& x, const torch::Tensor& y) {

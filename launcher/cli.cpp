@@ -55,6 +55,9 @@ int run_train(const TrainArgs& args) {
     return 0;
   }
   set_up_logging(config.run.log_level);
+  // Refused here, before any work, with the reason (exit code 2); the
+  // run's log names the device it chose.
+  resolve_device(config.train.device, "train.device");
   if (env_rank() == 0) spdlog::info("OpenMP threads wait with {}", describe_openmp_waits());
   // Held around the whole run: a stop signal (SLURM's preemption USR1, a
   // TERM) that arrives while the run starts up is kept for its first step
@@ -83,6 +86,14 @@ int run_train(const TrainArgs& args) {
 }
 
 }  // namespace
+
+comm::DeviceChoice resolve_device(const std::string& requested, const std::string& option) {
+  try {
+    return comm::choose_device(requested, comm::detect_environment(), comm::device_facts());
+  } catch (const comm::CommError& e) {
+    throw ConfigError(option + ": " + e.what());
+  }
+}
 
 void set_up_logging(const std::string& level) {
   spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [rank " + std::to_string(env_rank()) + "] [%^%l%$] %v");
@@ -114,7 +125,7 @@ void add_train_command(CLI::App& app, int& exit_code) {
 int run(int argc, char** argv) {
   CLI::App app{"atelier: train style-transfer GANs data-parallel, resume exactly, explain what they learned"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", checkpoint::atelier_version());
+  app.set_version_flag("--version", trainer::build_info());
   int exit_code = kExitUsage;
   add_train_command(app, exit_code);
   add_checkpoints_command(app, exit_code);

@@ -10,6 +10,7 @@
 
 #include <filesystem>
 
+#include "comm/comm.h"
 #include "models/models.h"
 #include "trainer/trainer.h"
 
@@ -66,6 +67,10 @@ CycleGANGenerators load_cyclegan_generators(const std::filesystem::path& checkpo
 // --config FILE and repeatable --set KEY=VALUE, the same on every command
 // that builds a training configuration.
 void add_config_options(CLI::App& cmd, std::string& config_path, std::vector<std::string>& overrides);
+
+// comm::choose_device for this process's environment and machine; its
+// refusal as a ConfigError naming `option` (train.device, --device).
+comm::DeviceChoice resolve_device(const std::string& requested, const std::string& option);
 
 // Logging pattern with this process's rank, at `level`.
 void set_up_logging(const std::string& level);

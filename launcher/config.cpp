@@ -223,6 +223,8 @@ std::vector<Field> make_fields() {
               "images per forward/backward pass PER RANK (global batch = batch_size x ranks unless global_batch)"),
       integer("train.global_batch", AT(train.global_batch), 0, kBig,
               "images per optimiser step over all ranks, by gradient accumulation (0 = batch_size x ranks)"),
+      text("train.device", AT(train.device),
+           "auto (a GPU when LibTorch sees one, else cpu), cpu, cuda (cuda:<local rank> per rank) or cuda:N"),
       integer("train.threads", AT(train.threads), 1, 1024, "LibTorch intra-op threads"),
       choice<trainer::Precision>("train.precision", AT(train.precision),
              {{"fp32", trainer::Precision::FP32}, {"bf16", trainer::Precision::BF16}},
@@ -319,6 +321,8 @@ void check_consistency(const Config& c) {
     }
     if (c.data.token_file.empty()) throw ConfigError("data.token_file: data.source service needs the job's token file");
   }
+  if (!comm::valid_device_name(c.train.device))
+    throw ConfigError("train.device: '" + c.train.device + "' is not one of auto, cpu, cuda, cuda:N");
   if (c.train.global_batch % c.train.batch_size != 0)
     throw ConfigError("train.global_batch (" + std::to_string(c.train.global_batch) +
                       ") must be a multiple of train.batch_size (" + std::to_string(c.train.batch_size) +

@@ -40,6 +40,7 @@ struct EvaluateArgs {
   std::string vgg_weights;           // cyclegan: VGG-19 .pth for the loss network (empty = random VGG);
                                      // no checkpoint: AdaIN's encoder
   std::string decoder_weights;       // no checkpoint: AdaIN's decoder.pth
+  std::string device = "auto";
 };
 
 const char* const kGroupTitles[][2] = {
@@ -207,7 +208,7 @@ void write_report(const std::string& path, const json& report) {
 // A checkpoint's generator(s) on this rank's share of the set.
 evaluate::EvalResult evaluate_checkpoint(const EvaluateArgs& args, const fs::path& dir, const trainer::Config& config,
                                          const evaluate::EvalSet& set, comm::Communicator& comm,
-                                         evaluate::EvalOptions options) {
+                                         evaluate::EvalOptions options, torch::Device device) {
   if (config.model.family == "cyclegan") {
     // The checkpoint has no loss network: the configured one (random VGG of
     // its width and seed) or the VGG-19 file given here, in its own layout.
@@ -219,12 +220,16 @@ evaluate::EvalResult evaluate_checkpoint(const EvaluateArgs& args, const fs::pat
     }
     models::VGGEncoder loss_network(encoder_options);
     auto generators = load_cyclegan_generators(dir, config);
+    loss_network->to(device);
+    generators.a2b->to(device);
+    generators.b2a->to(device);
     options.imagenet_weights = !args.vgg_weights.empty();
     return evaluate::evaluate(generators.a2b, generators.b2a, loss_network, set, comm, options);
   }
   if (!args.vgg_weights.empty())
     throw ConfigError("--vgg-weights: an adain checkpoint measures with its own encoder; leave the option out");
   auto generator = load_generator(dir, config);
+  generator->to(device);
   options.imagenet_weights = trained_with_imagenet_vgg(dir);
   return evaluate::evaluate(generator, set, comm, options);
 }
@@ -236,6 +241,8 @@ int run_evaluate(const EvaluateArgs& args) {
   const auto comm = comm::make_communicator(env, {});
   const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
   torch::set_num_threads(static_cast<int>(args.threads > 0 ? args.threads : std::max<int64_t>(1, cores / comm->world_size())));
+  const auto device = resolve_device(args.device, "--device");  // refused before any work
+  if (comm->rank() == 0) spdlog::info("device {}", device.reason);
   Measured measured;
   trainer::Config config;
   fs::path dir;
@@ -261,10 +268,11 @@ int run_evaluate(const EvaluateArgs& args) {
   evaluate::EvalResult result;
   if (args.checkpoint.empty()) {
     auto generator = load_pretrained_generator(args.vgg_weights, args.decoder_weights);
+    generator->to(device.device);
     options.imagenet_weights = true;
     result = evaluate::evaluate(generator, set, *comm, options);
   } else {
-    result = evaluate_checkpoint(args, dir, config, set, *comm, options);
+    result = evaluate_checkpoint(args, dir, config, set, *comm, options, device.device);
   }
   if (comm->rank() != 0) return 0;  // every rank has the result; rank 0 reports it
   const auto report = to_json(args, measured, size, result);
@@ -291,6 +299,8 @@ void add_evaluate_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--batch", args->batch, "Pairs stylised at once");
   cmd->add_option("--threads", args->threads, "LibTorch intra-op threads (default: cores / ranks on this machine)");
   cmd->add_option("--out", args->out, "JSON report to write")->required();
+  cmd->add_option("--device", args->device, "auto (a GPU when LibTorch sees one), cpu, cuda or cuda:N")
+      ->capture_default_str();
   cmd->add_option("--compare", args->compare, "An earlier report: print this one's difference to it")
       ->check(CLI::ExistingFile);
   cmd->add_option("--vgg-weights", args->vgg_weights,

@@ -43,6 +43,7 @@ struct StylizeArgs {
   int64_t threads = 0;  // 0: one per core
   std::string out;
   std::string direction;  // cyclegan: a2b | b2a; empty = a2b
+  std::string device = "auto";
 };
 
 // One content image to stylise and where its result goes.
@@ -55,7 +56,8 @@ struct Job {
 struct Model {
   models::AdaINGenerator generator{nullptr};  // adain
   models::ResnetGenerator translator{nullptr};  // cyclegan
-  std::vector<torch::Tensor> styles;  // [3, h_i, w_i] each
+  torch::Device device{torch::kCPU};  // the networks'; images are read and written on the host
+  std::vector<torch::Tensor> styles;  // [3, h_i, w_i] each, on the host
   std::vector<double> weights;
 };
 
@@ -154,6 +156,9 @@ void check_family_args(const StylizeArgs& args, const std::string& family) {
 
 Model load_model(const StylizeArgs& args) {
   Model model;
+  const auto device = resolve_device(args.device, "--device");
+  model.device = device.device;
+  spdlog::info("device {}", device.reason);
   std::string source;
   if (args.checkpoint.empty()) {
     check_family_args(args, "adain");
@@ -169,12 +174,14 @@ Model load_model(const StylizeArgs& args) {
     if (config.model.family == "cyclegan") {
       const auto direction = args.direction.empty() ? std::string("a2b") : args.direction;
       model.translator = load_cyclegan_generator(dir, config, direction);
+      model.translator->to(model.device);
       spdlog::info("translating with {} ({})", dir.string(), direction);
       return model;
     }
     model.generator = load_generator(dir, config);
     source = dir.string();
   }
+  model.generator->to(model.device);
   for (const auto& path : args.styles) {
     model.styles.push_back(data::load_image(path, args.size));
     check_side(model.styles.back(), path);
@@ -201,28 +208,29 @@ torch::Tensor keep_luminance(const torch::Tensor& out, const torch::Tensor& cont
   return torch::stack(kept);
 }
 
-// Stylises same-sized content images [B, 3, H, W]; returns [B, 3, H, W].
+// Stylises same-sized content images [B, 3, H, W] on the model's device;
+// returns [B, 3, H, W] on the host. Colour work happens on the host.
 torch::Tensor stylize_batch(Model& model, const torch::Tensor& content, const StylizeArgs& args) {
   const int64_t height = content.size(2), width = content.size(3);
-  const auto padded = pad_to_stride(content);
+  const auto padded = pad_to_stride(content).to(model.device);
+  torch::Tensor out;
   if (model.translator) {
-    const auto out = model.translator->forward(padded).slice(2, 0, height).slice(3, 0, width);
-    return args.preserve_color == "luminance" ? keep_luminance(out, content) : out;
-  }
-  std::vector<torch::Tensor> styles;
-  for (const auto& style : model.styles) {
-    if (args.preserve_color != "histogram") {
-      styles.push_back(style.unsqueeze(0));
-      continue;
+    out = model.translator->forward(padded);
+  } else {
+    std::vector<torch::Tensor> styles;
+    for (const auto& style : model.styles) {
+      if (args.preserve_color != "histogram") {
+        styles.push_back(style.unsqueeze(0).to(model.device));
+        continue;
+      }
+      // The style's colours become the content's, so only its texture transfers.
+      std::vector<torch::Tensor> matched;
+      for (int64_t b = 0; b < content.size(0); ++b) matched.push_back(data::match_histogram(style, content[b]));
+      styles.push_back(torch::stack(matched).to(model.device));
     }
-    // The style's colours become the content's, so only its texture transfers.
-    std::vector<torch::Tensor> matched;
-    for (int64_t b = 0; b < content.size(0); ++b) matched.push_back(data::match_histogram(style, content[b]));
-    styles.push_back(torch::stack(matched));
+    out = model.generator->stylize_mixed(padded, styles, model.weights, args.alpha).image;
   }
-  const auto out = model.generator->stylize_mixed(padded, styles, model.weights, args.alpha)
-                 .image.slice(2, 0, height)
-                 .slice(3, 0, width);
+  out = out.slice(2, 0, height).slice(3, 0, width).to(torch::kCPU);
   return args.preserve_color == "luminance" ? keep_luminance(out, content) : out;
 }
 
@@ -328,6 +336,8 @@ void add_stylize_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--size", args->size, "Scale each image's shorter side to this many pixels (default: as it is)");
   cmd->add_option("--batch", args->batch, "Content images of the same size stylised together");
   cmd->add_option("--threads", args->threads, "LibTorch intra-op threads (default: one per core)");
+  cmd->add_option("--device", args->device, "auto (a GPU when LibTorch sees one), cpu, cuda or cuda:N")
+      ->capture_default_str();
   cmd->add_option("--out", args->out, "Output image (.png/.jpg), or a folder when --content is a folder")->required();
   cmd->footer("adain checkpoints need --style; cyclegan checkpoints take --direction instead.\n"
               "--vgg-weights with --decoder-weights (AdaIN's pretrained files) stylize without any training.\n"

@@ -58,7 +58,7 @@ double AdaINGAN::discriminator_step(const std::vector<MicroBatch>& micro, std::v
     Pass pass;
     torch::Tensor loss_d;
     {
-      const Autocast autocast(precision);
+      const Autocast autocast(precision, device_.type());
       // The encoder is frozen: its features of the inputs are constants,
       // computed once and shared by AdaIN, the content target and the style loss.
       {
@@ -96,7 +96,7 @@ StepLosses AdaINGAN::generator_step(std::vector<Pass>& passes) {
     auto& pass = passes[j];
     torch::Tensor adv, content_term, style_term, tv, loss_g;
     {
-      const Autocast autocast(config_.train.precision);
+      const Autocast autocast(config_.train.precision, device_.type());
       adv = models::generator_adversarial_loss(loss.adversarial, discriminator->forward(pass.fake));
       const auto output_features = generator->encoder->forward_features(pass.fake);
       content_term = models::content_loss(output_features.back(), pass.target);
@@ -141,10 +141,10 @@ std::vector<checkpoint::StateFile> AdaINGAN::snapshot() {
 }
 
 std::string AdaINGAN::load(const fs::path& dir, const RankShare& /*share: nothing per rank*/) {
-  torch::load(generator, (dir / "generator.pt").string());
-  torch::load(discriminator, (dir / "discriminator.pt").string());
-  torch::load(*optimizer_g_, (dir / "optimizer_g.pt").string());
-  torch::load(*optimizer_d_, (dir / "optimizer_d.pt").string());
+  torch::load(generator, (dir / "generator.pt").string(), device_);
+  torch::load(discriminator, (dir / "discriminator.pt").string(), device_);
+  torch::load(*optimizer_g_, (dir / "optimizer_g.pt").string(), device_);
+  torch::load(*optimizer_d_, (dir / "optimizer_d.pt").string(), device_);
   return "";
 }
 

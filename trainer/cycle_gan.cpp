@@ -102,7 +102,7 @@ StepLosses CycleGAN::generators_step(std::vector<Pass>& passes) {
     torch::Tensor fake_a, fake_b, adv_a, adv_b, cycle_a, cycle_b, loss_g;
     torch::Tensor idt_a = torch::zeros({}), idt_b = torch::zeros({});
     {
-      const Autocast autocast(config_.train.precision);
+      const Autocast autocast(config_.train.precision, device_.type());
       fake_b = g_a->forward(real_a);
       const auto rec_a = g_b->forward(fake_b);
       fake_a = g_b->forward(real_b);
@@ -148,7 +148,7 @@ std::array<double, 3> CycleGAN::discriminators_step(const std::vector<Pass>& pas
     const auto& pass = passes[j];
     torch::Tensor loss_d_a, loss_d_b, loss_d;
     {
-      const Autocast autocast(config_.train.precision);
+      const Autocast autocast(config_.train.precision, device_.type());
       loss_d_a = judge(d_a, config_.loss.adversarial, pass.real_b, pass.pooled_b);
       loss_d_b = judge(d_b, config_.loss.adversarial, pass.real_a, pass.pooled_a);
       loss_d = loss_d_a + loss_d_b;
@@ -186,17 +186,17 @@ std::vector<checkpoint::StateFile> CycleGAN::snapshot() {
 
 // Each rank keeps its own pools (as each process of the reference does).
 std::vector<checkpoint::StateFile> CycleGAN::snapshot_own() {
-  std::vector<torch::Tensor> pools = {pool_a.state(), pool_b.state()};
+  std::vector<torch::Tensor> pools = {pool_a.state().to(torch::kCPU), pool_b.state().to(torch::kCPU)};
   return {serialised("pools.pt", pools)};
 }
 
 std::string CycleGAN::load(const fs::path& dir, const RankShare& share) {
-  torch::load(g_a, (dir / "generator_a.pt").string());
-  torch::load(g_b, (dir / "generator_b.pt").string());
-  torch::load(d_a, (dir / "discriminator_a.pt").string());
-  torch::load(d_b, (dir / "discriminator_b.pt").string());
-  torch::load(*optimizer_g_, (dir / "optimizer_g.pt").string());
-  torch::load(*optimizer_d_, (dir / "optimizer_d.pt").string());
+  torch::load(g_a, (dir / "generator_a.pt").string(), device_);
+  torch::load(g_b, (dir / "generator_b.pt").string(), device_);
+  torch::load(d_a, (dir / "discriminator_a.pt").string(), device_);
+  torch::load(d_b, (dir / "discriminator_b.pt").string(), device_);
+  torch::load(*optimizer_g_, (dir / "optimizer_g.pt").string(), device_);
+  torch::load(*optimizer_d_, (dir / "optimizer_d.pt").string(), device_);
   return load_pools(dir, share);
 }
 
@@ -221,8 +221,8 @@ int64_t images_in(const torch::Tensor& pool) { return pool.numel() == 0 ? 0 : po
 std::string CycleGAN::load_pools(const fs::path& dir, const RankShare& share) {
   if (share.same_world()) {
     const auto pools = saved_pools(dir, share.rank);
-    pool_a.load_state(pools[0]);
-    pool_b.load_state(pools[1]);
+    pool_a.load_state(pools[0].to(device_));
+    pool_b.load_state(pools[1].to(device_));
     return "";
   }
   // Every new rank reads every saved rank's pools and keeps its deal.
@@ -236,8 +236,8 @@ std::string CycleGAN::load_pools(const fs::path& dir, const RankShare& share) {
     saved_b.push_back(std::move(pools[1]));
   }
   const int64_t capacity = config_.model.pool_size;
-  pool_a.load_state(deal_pool(saved_a, share.rank, share.world_size, capacity));
-  pool_b.load_state(deal_pool(saved_b, share.rank, share.world_size, capacity));
+  pool_a.load_state(deal_pool(saved_a, share.rank, share.world_size, capacity).to(device_));
+  pool_b.load_state(deal_pool(saved_b, share.rank, share.world_size, capacity).to(device_));
   int64_t total_a = 0, total_b = 0;
   for (size_t q = 0; q < sizes_a.size(); ++q) total_a += sizes_a[q], total_b += sizes_b[q];
   const auto dropped_a = pool_images_dropped(sizes_a, share.world_size, capacity);

@@ -44,14 +44,17 @@ std::string summary(const evaluate::EvalResult& r, double seconds) {
 
 }  // namespace
 
-HeldOutEvaluation::HeldOutEvaluation(const Config& config, const comm::Communicator& comm) {
+HeldOutEvaluation::HeldOutEvaluation(const Config& config, const comm::Communicator& comm, torch::Device device) {
   if (config.eval.every_steps <= 0) return;
   if (config.eval.content.empty() || config.eval.style.empty())
     throw TrainError("eval.every_steps is " + std::to_string(config.eval.every_steps) +
                      " but eval.content or eval.style is empty: set both to held-out folders or files");
   state_ = std::make_unique<State>();
   // Built from its own seed: the global generator (and so training) is untouched.
-  if (config.model.family == "cyclegan") state_->loss_network = models::VGGEncoder(config.model.generator.encoder);
+  if (config.model.family == "cyclegan") {
+    state_->loss_network = models::VGGEncoder(config.model.generator.encoder);
+    state_->loss_network->to(device);
+  }
   state_->every_steps = config.eval.every_steps;
   state_->options.batch = config.train.batch_size;
   state_->options.imagenet_weights = !config.model.generator.encoder.weights_path.empty();

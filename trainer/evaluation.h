@@ -18,7 +18,8 @@ class HeldOutEvaluation {
   // Decodes this rank's share of the held-out pairs once, so a bad folder or
   // image stops the run before its first step. Does nothing when
   // eval.every_steps is 0. Throws TrainError naming the eval.* key.
-  HeldOutEvaluation(const Config& config, const comm::Communicator& comm);
+  // `device`: where CycleGAN's loss network goes (the generators measured are the model's own).
+  HeldOutEvaluation(const Config& config, const comm::Communicator& comm, torch::Device device = torch::kCPU);
   ~HeldOutEvaluation();
 
   // Every rank calls this after every step; at the due steps (multiples of

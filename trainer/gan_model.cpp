@@ -46,12 +46,20 @@ std::vector<torch::Tensor> parameters_and_buffers(const std::vector<torch::nn::M
   return out;
 }
 
-Autocast::Autocast(Precision precision) : on_(precision == Precision::BF16) {
+Autocast::Autocast(Precision precision, torch::DeviceType device)
+    : on_(precision == Precision::BF16), cuda_(device == torch::kCUDA) {
   if (!on_) return;
-  was_enabled_ = at::autocast::is_cpu_enabled();
-  was_dtype_ = at::autocast::get_autocast_cpu_dtype();
-  at::autocast::set_cpu_enabled(true);
-  at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+  if (cuda_) {
+    was_enabled_ = at::autocast::is_enabled();
+    was_dtype_ = at::autocast::get_autocast_gpu_dtype();
+    at::autocast::set_enabled(true);
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+  } else {
+    was_enabled_ = at::autocast::is_cpu_enabled();
+    was_dtype_ = at::autocast::get_autocast_cpu_dtype();
+    at::autocast::set_cpu_enabled(true);
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+  }
   at::autocast::increment_nesting();
 }
 
@@ -60,8 +68,13 @@ Autocast::~Autocast() {
   // The cache holds bf16 copies of the weights; the optimiser step that
   // follows changes the weights, so the copies must not outlive the block.
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  at::autocast::set_cpu_enabled(was_enabled_);
-  at::autocast::set_autocast_cpu_dtype(was_dtype_);
+  if (cuda_) {
+    at::autocast::set_enabled(was_enabled_);
+    at::autocast::set_autocast_gpu_dtype(was_dtype_);
+  } else {
+    at::autocast::set_cpu_enabled(was_enabled_);
+    at::autocast::set_autocast_cpu_dtype(was_dtype_);
+  }
 }
 
 bool has_native_bf16(const std::string& cpu_flags) {
@@ -82,17 +95,24 @@ torch::Tensor laid_out(const TrainOptions& train, const torch::Tensor& images) {
   return train.channels_last ? images.contiguous(at::MemoryFormat::ChannelsLast) : images;
 }
 
-std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm::Communicator> comm) {
+void GanModel::place(torch::Device device, bool channels_last) {
+  torch::NoGradGuard no_grad;  // the same tensors (the optimisers hold them), moved or laid out anew
+  for (auto& t : state_tensors()) {
+    auto moved = t.to(device);
+    if (channels_last && moved.dim() == 4) moved = moved.contiguous(at::MemoryFormat::ChannelsLast);
+    if (!moved.is_same(t)) t.set_data(moved);
+  }
+  device_ = device;
+}
+
+std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm::Communicator> comm,
+                                     torch::Device device) {
   std::unique_ptr<GanModel> model;
   if (config.model.family == "adain") model = std::make_unique<AdaINGAN>(config, std::move(comm));
   if (config.model.family == "cyclegan") model = std::make_unique<CycleGAN>(config, std::move(comm));
   if (!model)
     throw TrainError("model.family '" + config.model.family + "' is not built (allowed: adain, cyclegan)");
-  if (config.train.channels_last) {
-    torch::NoGradGuard no_grad;  // the same tensors (the optimisers hold them), laid out anew
-    for (auto& t : model->state_tensors())
-      if (t.dim() == 4) t.set_data(t.contiguous(at::MemoryFormat::ChannelsLast));
-  }
+  model->place(device, config.train.channels_last);
   return model;
 }
 

@@ -44,6 +44,13 @@ class GanModel {
  public:
   virtual ~GanModel() = default;
 
+  // Where every network, optimiser state and pooled image lives (make_model
+  // puts them there); a step's batches must be on it too.
+  torch::Device device() const { return device_; }
+  // Moves every parameter and buffer to `device` in place (the optimisers
+  // keep the same tensors), in the memory order train.channels_last asks.
+  void place(torch::Device device, bool channels_last);
+
   // Rank 0's parameters and buffers on every rank, so replicas start equal.
   virtual void sync_replicas() = 0;
   // Every parameter and buffer that replicas must agree on.
@@ -84,27 +91,34 @@ class GanModel {
     models::ResnetGenerator* b2a = nullptr;
   };
   virtual Translators cyclegan_generators() { return {}; }
+
+ protected:
+  torch::Device device_{torch::kCPU};
 };
 
-// The configured family's model; weights come from the global torch RNG,
-// which the caller seeds. With more than one rank, gradients are averaged
-// in every step (one GradientReducer per optimiser). With
+// The configured family's model on `device`; weights come from the global
+// torch RNG (on the CPU, so the same seed gives the same weights on every
+// device), which the caller seeds. With more than one rank, gradients are
+// averaged in every step (one GradientReducer per optimiser). With
 // train.channels_last its 4-D weights are stored channels-last.
-std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm::Communicator> comm);
+std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm::Communicator> comm,
+                                     torch::Device device = torch::kCPU);
 
-// train.precision over one block of forward passes: BF16 turns CPU autocast
-// to bfloat16 on for the guard's life (nesting, and dropping autocast's cast
-// cache when the outermost guard ends, as torch.autocast does), FP32 does
-// nothing. Backward passes belong outside it, as PyTorch recommends.
+// train.precision over one block of forward passes: BF16 turns autocast
+// of `device` (CPU or CUDA) to bfloat16 on for the guard's life (nesting,
+// and dropping autocast's cast cache when the outermost guard ends, as
+// torch.autocast does), FP32 does nothing. Backward passes belong outside
+// it, as PyTorch recommends.
 class Autocast {
  public:
-  explicit Autocast(Precision precision);
+  explicit Autocast(Precision precision, torch::DeviceType device = torch::kCPU);
   ~Autocast();
   Autocast(const Autocast&) = delete;
   Autocast& operator=(const Autocast&) = delete;
 
  private:
   bool on_ = false;
+  bool cuda_ = false;
   bool was_enabled_ = false;
   at::ScalarType was_dtype_ = at::kBFloat16;
 };
@@ -149,6 +163,7 @@ checkpoint::StateFile copied(const std::string& name, const torch::nn::Module& m
 checkpoint::StateFile copied(const std::string& name, const torch::optim::Adam& optimizer);
 
 // Serialises a module or optimiser as torch::save would write it to a file.
+// Tensors must be on the CPU: checkpoints are device-free.
 template <typename T>
 checkpoint::StateFile serialised(const std::string& name, const T& value) {
   std::ostringstream bytes;

@@ -18,7 +18,9 @@ namespace {
 
 torch::Tensor copy_of(const torch::Tensor& t) {
   if (!t.defined()) return t;
-  return t.detach().clone().requires_grad_(t.requires_grad());
+  // On the host whatever the device: checkpoints are device-free, and the
+  // writer thread must not touch the GPU.
+  return t.detach().to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true).requires_grad_(t.requires_grad());
 }
 
 // A module's tensors in the layout Module::save writes: its own parameters,

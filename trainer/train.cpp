@@ -1,6 +1,7 @@
 // The training loop of a run directory: set up, resume, step, record.
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
+#include <torch/version.h>
 
 #include <cmath>
 #include <fstream>
@@ -195,6 +196,7 @@ struct Run {
   fs::path dir;
   RunConfigText text;
   std::shared_ptr<comm::Communicator> comm;
+  torch::Device device{torch::kCPU};  // train.device, resolved for this rank
   std::optional<RunLog> log;  // rank 0 only
   int64_t micro_batches = 1;  // per rank and step (train.global_batch)
   std::vector<checkpoint::WorldSpan> history = {};  // world sizes of the run; the last is this job's
@@ -226,7 +228,7 @@ void run_steps(Run& run, GanModel& gan, const data::LoaderOptions& loader_opts, 
   const auto loader = open_batches(config, loader_opts, start.cursor);
   checkpoint::CheckpointCoordinator coordinator(run.dir / "checkpoints", run.comm, coordinator_options(config));
   const checkpoint::StopSignals signals;
-  HeldOutEvaluation evaluation(config, *run.comm);
+  HeldOutEvaluation evaluation(config, *run.comm, run.device);
   std::optional<RunWriters> writers;
   torch::Tensor sample_content, sample_style;
   if (leader) {
@@ -252,7 +254,7 @@ void run_steps(Run& run, GanModel& gan, const data::LoaderOptions& loader_opts, 
         sample_content = batch.content.slice(0, 0, n).clone();
         sample_style = batch.style.slice(0, 0, n).clone();
       }
-      micro.push_back({batch.content, batch.style});
+      micro.push_back({batch.content.to(run.device), batch.style.to(run.device)});
     }
     lr = lr_factor(config.optim, step - 1, total);
     const auto losses = average_losses(*run.comm, gan.step(micro, lr));
@@ -264,7 +266,8 @@ void run_steps(Run& run, GanModel& gan, const data::LoaderOptions& loader_opts, 
     if (leader) {
       writers->record(step, total, losses, config, lr, *loader, *run.log);
       if (due(step, config.train.sample_every, total))
-        write_sample_grid(run.dir / "samples", step, gan.sample_columns(sample_content, sample_style),
+        write_sample_grid(run.dir / "samples", step,
+                          gan.sample_columns(sample_content.to(run.device), sample_style.to(run.device)),
                           gan.sample_tag(), writers->events);
     }
     evaluation.after_step(step, total, gan, *run.comm, writers ? &writers->metrics : nullptr,
@@ -327,6 +330,23 @@ void log_weight_files(const Config& config, GanModel& gan) {
                  decoder_weights, (*adain)->decoder->options.output);
 }
 
+// train.device for this rank, and why, in words. Gradients of GPU tensors travel by NCCL,
+// which this build does not have yet: more than one rank on CUDA is refused
+// here rather than failing in the first all-reduce.
+comm::DeviceChoice training_device(const Config& config, const comm::Communicator& comm) {
+  comm::DeviceChoice device;
+  try {
+    device = comm::choose_device(config.train.device, comm::detect_environment(), comm::device_facts());
+  } catch (const comm::CommError& e) {
+    throw TrainError(std::string("train.device: ") + e.what());
+  }
+  if (device.device.is_cuda() && comm.world_size() > 1)
+    throw TrainError("train.device " + config.train.device + " with " + std::to_string(comm.world_size()) +
+                     " ranks needs the NCCL backend, which this build does not have (backends: mpi, CPU tensors "
+                     "only); run one rank per job on the GPU, or train.device=cpu");
+  return device;
+}
+
 void check_sources(const Config& config) {
   if (config.data.source != "folder") return;  // the servers hold the images
   if (config.data.content.empty()) throw TrainError("data.content is empty: set it to folders or files of images");
@@ -335,11 +355,23 @@ void check_sources(const Config& config) {
 
 }  // namespace
 
+std::string build_info() {
+  const auto facts = comm::device_facts();
+  std::string backends;
+  for (const auto& b : comm::compiled_backends()) backends += (backends.empty() ? "" : ", ") + b;
+  const std::string cuda = facts.cuda_built ? "with CUDA, " + std::to_string(facts.cuda_devices) + " GPU(s) visible"
+                                            : "CPU only (this build has no CUDA)";
+  return "atelier " + checkpoint::atelier_version() + "\nLibTorch " + TORCH_VERSION + ", " + cuda +
+         "\ncommunication backends: " + backends;
+}
+
 TrainResult train(const Config& config, const std::string& resolved_yaml, bool resume) {
   check_sources(config);
   Run run{config, fs::path(config.run.dir) / config.run.name, {resolved_yaml, config_hash(resolved_yaml)},
-          comm::make_communicator(comm::detect_environment(), {config.dist.backend, config.dist.timeout_s}), {}};
+          comm::make_communicator(comm::detect_environment(), {config.dist.backend, config.dist.timeout_s}), torch::kCPU, {}};
   run.micro_batches = micro_batches_per_step(config.train.global_batch, config.train.batch_size, run.comm->world_size());
+  const auto device = training_device(config, *run.comm);
+  run.device = device.device;
   const bool leader = run.comm->rank() == 0;
   // Every rank makes the same checks on the same (shared) directory, so a
   // refusal ends every rank with the same message instead of a hang.
@@ -352,13 +384,16 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
     throw TrainError("--resume: no complete checkpoint under " + (run.dir / "checkpoints").string());
   if (leader) {
     run.log.emplace(run.dir / "log.txt");
+    std::istringstream info(build_info());
+    for (std::string line; std::getline(info, line);) spdlog::info("{}", line);
+    spdlog::info("device {}", device.reason);
     write_text(run.dir / "config.yaml", resolved_yaml);
   }
 
   torch::set_num_threads(static_cast<int>(config.train.threads));
   torch::manual_seed(config.train.seed);
   const auto loader_opts = loader_options(config, *run.comm);
-  const auto model = make_model(config, run.comm);
+  const auto model = make_model(config, run.comm, run.device);
   GanModel& gan = *model;
   if (leader) log_weight_files(config, gan);
   if (leader && gan.adain_generator() && !(*gan.adain_generator())->encoder->pretrained())

@@ -88,6 +88,7 @@ struct TrainOptions {
   // whatever the number of ranks (elastic resume).
   int64_t global_batch = 0;
   int64_t threads = 2;       // LibTorch intra-op threads
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N (comm::choose_device)
   Precision precision = Precision::FP32;  // of the step's forward passes (see Precision)
   bool channels_last = false;  // weights and batches in NHWC memory order (GPU tensor cores prefer it)
   uint64_t seed = 0;         // weights, data order and augmentation derive from it
@@ -171,5 +172,10 @@ struct TrainResult {
 // SIGTERM on any rank stops every rank at the same step boundary after a
 // checkpoint of that step (TrainResult::stop_signal says so).
 TrainResult train(const Config& config, const std::string& resolved_yaml, bool resume);
+
+// What `atelier --version` prints and a run's log.txt starts with, one item
+// a line: atelier's version; LibTorch's, and whether it has CUDA (and how
+// many GPUs it sees); the communication backends compiled in.
+std::string build_info();
 
 }  // namespace atelier::trainer

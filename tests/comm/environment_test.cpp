@@ -34,9 +34,11 @@ class ScopedEnv {
   std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
 };
 
-const char* const kAllVariables[] = {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-                                     "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "RANK", "WORLD_SIZE",
-                                     "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"};
+const char* const kAllVariables[] = {"OMPI_COMM_WORLD_RANK",       "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                                     "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_PROCID",         "SLURM_NTASKS",
+                                     "SLURM_LOCALID",              "SLURM_NTASKS_PER_NODE", "RANK",
+                                     "WORLD_SIZE",                 "LOCAL_RANK",           "LOCAL_WORLD_SIZE",
+                                     "MASTER_ADDR",                "MASTER_PORT"};
 
 class Env : public ::testing::Test {
  protected:
@@ -79,6 +81,35 @@ TEST_F(Env, TorchrunVariablesIncludingMaster) {
   EXPECT_EQ(env.rank, 1);
   EXPECT_EQ(env.master_addr, "10.0.0.7");
   EXPECT_EQ(env.master_port, 29501);
+}
+
+// Ranks per node, which device selection checks against the GPUs visible.
+TEST_F(Env, EachLauncherSaysHowManyRanksShareTheNode) {
+  {
+    ScopedEnv vars{{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                   {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}};
+    EXPECT_EQ(detect_environment().local_size, 2);
+  }
+  {
+    ScopedEnv vars{{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"}, {"SLURM_NTASKS_PER_NODE", "4"}};
+    EXPECT_EQ(detect_environment().local_size, 4);
+  }
+  {
+    ScopedEnv vars{{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"}};
+    EXPECT_EQ(detect_environment().local_size, 0) << "unknown without --ntasks-per-node";
+  }
+  {
+    ScopedEnv vars{{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"}};
+    EXPECT_EQ(detect_environment().local_size, 2);
+  }
+  ScopedEnv vars{{"RANK", "1"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "2"}, {"LOCAL_WORLD_SIZE", "2"}};
+  try {
+    detect_environment();
+    ADD_FAILURE() << "a local rank outside the local size must be refused";
+  } catch (const CommError& e) {
+    EXPECT_NE(std::string(e.what()).find("LOCAL_RANK=2 is not below LOCAL_WORLD_SIZE=2"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST_F(Env, BadValuesAreErrorsNamingTheVariable) {
