@@ -91,8 +91,9 @@ InputAttribution smoothgrad(const ImageFunction& f, const torch::Tensor& content
   if (options.samples < 1) throw ExplainError("smoothgrad needs at least one sample");
   at::Generator gen = at::detail::createCPUGenerator(options.seed);
   const auto n = options.samples;
-  const auto noise_c = torch::randn({n, 3, content.size(1), content.size(2)}, gen) * options.sigma;
-  const auto noise_s = torch::randn({n, 3, style.size(1), style.size(2)}, gen) * options.sigma;
+  // Drawn on the host from the seed, so every device sees the same noise.
+  const auto noise_c = (torch::randn({n, 3, content.size(1), content.size(2)}, gen) * options.sigma).to(content.device());
+  const auto noise_s = (torch::randn({n, 3, style.size(1), style.size(2)}, gen) * options.sigma).to(style.device());
   // Per-sample scores are independent, so one batch gives every sample's gradient.
   const auto reference = reference_output(f, content, style);
   auto [gc, gs] =
@@ -112,7 +113,7 @@ torch::Tensor make_baseline(const torch::Tensor& image, Baseline kind) {
   // Strong enough to remove edges and texture, mild enough to keep the
   // layout's colours: what "the image without its detail" means.
   const double sigma = std::max<double>(1.0, static_cast<double>(std::min(image.size(1), image.size(2))) / 8);
-  auto k = gaussian_kernel(sigma);
+  auto k = gaussian_kernel(sigma).to(image.device());
   const int64_t r = (k.size(0) - 1) / 2;
   auto x = image.unsqueeze(0);
   // Edge replication: no dark frame (zeros) and valid for any kernel size.
@@ -145,11 +146,13 @@ struct PathIntegral {
       const auto a = torch::tensor(std::vector<double>(alphas.begin() + static_cast<long>(start),
                                                        alphas.begin() + static_cast<long>(end)),
                                    torch::kFloat)
-                         .view({-1, 1, 1, 1});
+                         .view({-1, 1, 1, 1})
+                         .to(input.device());
       const auto w = torch::tensor(std::vector<double>(weights.begin() + static_cast<long>(start),
                                                        weights.begin() + static_cast<long>(end)),
                                    torch::kFloat)
-                         .view({-1, 1, 1, 1});
+                         .view({-1, 1, 1, 1})
+                         .to(input.device());
       const auto path = baseline.unsqueeze(0) + a * (input - baseline).unsqueeze(0);
       const auto others = other.expand({n, -1, -1, -1});
       auto [gc, gs] = on_content ? input_gradients(f, path, others, reference, region)
@@ -218,7 +221,7 @@ double spearman(const torch::Tensor& a, const torch::Tensor& b) {
     throw ExplainError("spearman needs two tensors of the same size >= 2, got " + shape_of(a) + " and " +
                        shape_of(b));
   const auto ranks = [](const torch::Tensor& t) {
-    const auto v = t.detach().to(torch::kDouble).contiguous().view(-1);
+    const auto v = t.detach().to(torch::kCPU, torch::kDouble).contiguous().view(-1);
     const auto* p = v.data_ptr<double>();
     const auto n = static_cast<size_t>(v.numel());
     std::vector<size_t> order(n);
@@ -253,11 +256,11 @@ DeletionCurve deletion_curve(const ImageFunction& f, const torch::Tensor& conten
   const int64_t pixels = pixel_attribution.numel();
   const auto by_attribution = pixel_attribution.reshape(-1).argsort(/*dim=*/0, /*descending=*/true);
   at::Generator gen = at::detail::createCPUGenerator(seed);
-  const auto random = torch::randperm(pixels, gen);
+  const auto random = torch::randperm(pixels, gen).to(content.device());
   const auto curve = [&](const torch::Tensor& order) {
     std::vector<torch::Tensor> images;
     for (int64_t k = 0; k <= points; ++k) {
-      auto keep = torch::ones({pixels});
+      auto keep = torch::ones({pixels}, content.options());
       keep.index_fill_(0, order.slice(0, 0, pixels * k / points), 0.0);
       const auto mask = keep.view({1, content.size(1), content.size(2)});
       images.push_back(content * mask + baseline * (1 - mask));

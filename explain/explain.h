@@ -232,6 +232,7 @@ struct ExplainOptions {
   int64_t size = 64;                        // images are centre-cropped to size x size
   std::vector<std::string> methods;         // empty = all
   int64_t threads = 2;                      // LibTorch intra-op threads
+  torch::Device device{torch::kCPU};        // where the networks run; images are read and written on the host
   int64_t rank = 0, world_size = 1;         // this process explains pairs p with p % world_size == rank
 };
 

@@ -11,12 +11,12 @@ namespace atelier::explain {
 namespace {
 
 std::vector<double> to_vector(const torch::Tensor& t) {
-  const auto v = t.detach().to(torch::kDouble).contiguous().view(-1);
+  const auto v = t.detach().to(torch::kCPU, torch::kDouble).contiguous().view(-1);
   return {v.data_ptr<double>(), v.data_ptr<double>() + v.numel()};
 }
 
 std::vector<int64_t> to_indices(const torch::Tensor& t) {
-  const auto v = t.detach().to(torch::kLong).contiguous().view(-1);
+  const auto v = t.detach().to(torch::kCPU, torch::kLong).contiguous().view(-1);
   return {v.data_ptr<int64_t>(), v.data_ptr<int64_t>() + v.numel()};
 }
 
@@ -173,7 +173,7 @@ StyleContribution style_contribution(const std::vector<torch::Tensor>& output_fe
     const int64_t n = o.size(0), channels = o.size(1);
     // Per-channel squared errors whose sum over channels is this layer's
     // term of models::style_loss (each MSE is a mean over N*C or N*C*C).
-    auto per_channel = torch::zeros({channels}, torch::kDouble);
+    auto per_channel = torch::zeros({channels}, o.options().dtype(torch::kDouble));
     if (mean_std) {
       const auto [om, os] = models::channel_mean_std(o);
       const auto [sm, ss] = models::channel_mean_std(s);
@@ -272,7 +272,7 @@ Probe adversarial_probe(const ImageFunction& f, const torch::Tensor& content, co
     const double eps = 2 * budget;  // [0, 1] units -> the [-1, 1] image range
     // The change is 0 with zero gradient at delta = 0, so both attacks start
     // from a random point of the ball (R+FGSM, Tramer et al. 2018).
-    const auto start = (torch::rand(c.sizes(), gen) * 2 - 1) * eps;
+    const auto start = ((torch::rand(c.sizes(), gen) * 2 - 1) * eps).to(c.device());
     const auto fgsm = ascend(start, eps, eps);
     auto pgd = start;
     for (int64_t i = 0; i < options.steps; ++i) pgd = ascend(pgd, 2.5 * eps / static_cast<double>(options.steps), eps);

@@ -57,6 +57,8 @@ Networks load_networks(const ExplainOptions& options, const fs::path& dir) {
   // norm running statistics, no dropout).
   nets.generator->eval();
   nets.discriminator->eval();
+  nets.generator->to(options.device);
+  nets.discriminator->to(options.device);
   return nets;
 }
 
@@ -110,8 +112,8 @@ std::vector<std::string> explain_pairs(const ExplainOptions& options) {
   auto nets = load_networks(options, dir);
   // Every input is read before any work so a bad file fails in seconds.
   std::vector<torch::Tensor> contents, styles;
-  for (const auto& path : options.content) contents.push_back(load_image(path, options.size, "content"));
-  for (const auto& path : options.style) styles.push_back(load_image(path, options.size, "style"));
+  for (const auto& path : options.content) contents.push_back(load_image(path, options.size, "content").to(options.device));
+  for (const auto& path : options.style) styles.push_back(load_image(path, options.size, "style").to(options.device));
 
   std::vector<std::string> summaries;
   const int64_t pairs = static_cast<int64_t>(contents.size() * styles.size());

@@ -146,7 +146,7 @@ void occlusion_method(PairWork& w) {
   w.image("occlusion_style.png", heat_overlay(w.style, occ.change, "occlusion: style-statistics change", kDisplay));
   std::vector<std::vector<double>> grid;
   for (int64_t r = 0; r < occ.change.size(0); ++r) {
-    const auto row = occ.change[r].to(torch::kDouble).contiguous();
+    const auto row = occ.change[r].to(torch::kCPU, torch::kDouble).contiguous();
     grid.emplace_back(row.data_ptr<double>(), row.data_ptr<double>() + row.numel());
   }
   w.section = {{"patch", patch}, {"change", grid}};
@@ -169,6 +169,7 @@ void trust_method(PairWork& w) {
   // collapsed to its last step.
   torch::manual_seed(1);
   models::AdaINGenerator random(w.generator_options);
+  random->to(w.content.device());
   {
     // Only the trained part is randomised: the encoder is the checkpoint's
     // (a pretrained VGG there would otherwise become a random one here).

@@ -30,7 +30,7 @@ void put_text(cv::Mat& img, const std::string& text, cv::Point at, double scale 
 
 // [h, w] float -> 8-bit 0..255 over its own [min, max] (all 0 when flat).
 cv::Mat to_gray8(const torch::Tensor& map, double lo, double hi) {
-  auto m = map.detach().to(torch::kFloat).contiguous();
+  auto m = map.detach().to(torch::kCPU, torch::kFloat).contiguous();
   m = hi > lo ? (m - lo) / (hi - lo) : torch::zeros_like(m);
   m = (m.clamp(0, 1) * 255).round().to(torch::kUInt8).contiguous();
   return cv::Mat(static_cast<int>(m.size(0)), static_cast<int>(m.size(1)), CV_8UC1, m.data_ptr()).clone();
@@ -65,7 +65,7 @@ cv::Mat with_title(const cv::Mat& body, const std::string& title) {
 }  // namespace
 
 cv::Mat to_bgr(const torch::Tensor& image, int display) {
-  auto t = ((image.detach().to(torch::kFloat).clamp(-1, 1) + 1) * 127.5).round().to(torch::kUInt8);
+  auto t = ((image.detach().to(torch::kCPU, torch::kFloat).clamp(-1, 1) + 1) * 127.5).round().to(torch::kUInt8);
   t = t.permute({1, 2, 0}).contiguous();
   cv::Mat rgb(static_cast<int>(t.size(0)), static_cast<int>(t.size(1)), CV_8UC3, t.data_ptr());
   cv::Mat bgr;

@@ -27,6 +27,7 @@ struct ExplainArgs {
   int64_t size = 0;  // 0: the checkpoint's training crop size
   std::vector<std::string> methods;
   int64_t threads = 2;
+  std::string device = "auto";
 };
 
 std::string allowed_methods() {
@@ -43,6 +44,7 @@ int run_explain(const ExplainArgs& args) {
   // p % world_size); every rank writes its pair-<p>/ files, rank 0 gathers
   // the summaries and writes the report.
   const auto comm = comm::make_communicator(comm::detect_environment(), {});
+  const auto device = resolve_device(args.device, "--device");  // refused before any work
   const fs::path dir = explain::resolve_checkpoint(args.checkpoint);
   // The networks' shapes come from the checkpoint's own config.yaml.
   const auto config = checkpoint_config(dir);
@@ -60,10 +62,11 @@ int run_explain(const ExplainArgs& args) {
   options.size = args.size > 0 ? args.size : config.data.augment.crop_size;
   options.methods = args.methods;
   options.threads = args.threads;
+  options.device = device.device;
   options.rank = comm->rank();
   options.world_size = comm->world_size();
-  spdlog::info("explaining {} ({} content x {} style images at {} px, {} rank(s)) into {}", dir.string(),
-               args.content.size(), args.style.size(), options.size, comm->world_size(), args.out);
+  spdlog::info("explaining {} ({} content x {} style images at {} px, {} rank(s), device {}) into {}", dir.string(),
+               args.content.size(), args.style.size(), options.size, comm->world_size(), device.reason, args.out);
   std::string mine;
   for (const auto& summary : explain::explain_pairs(options)) mine += summary + "\n";
   std::vector<std::string> summaries;
@@ -99,6 +102,8 @@ void add_explain_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--methods", args->methods, "Explanations to run (default: all): " + allowed_methods())
       ->expected(1, -1);
   cmd->add_option("--threads", args->threads, "LibTorch intra-op threads")->check(CLI::Range(1, 256));
+  cmd->add_option("--device", args->device, "auto (a GPU when LibTorch sees one), cpu, cuda or cuda:N")
+      ->capture_default_str();
   cmd->callback([args, &exit_code] { exit_code = run_explain(*args); });
 }
 

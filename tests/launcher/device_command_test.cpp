@@ -96,6 +96,12 @@ TEST_F(Device, CudaOnABuildWithoutCudaIsRefusedBeforeAnyWorkNamingTheReason) {
   EXPECT_NE(evaluated.output.find("--device: device cuda: this LibTorch build has no CUDA"), std::string::npos)
       << evaluated.output;
   EXPECT_FALSE(fs::exists(tiny.root / "eval.json"));
+  const auto explained = run_atelier("explain --checkpoint " + tiny.run_dir.string() + images +
+                                     " --device cuda --out " + (tiny.root / "explained").string());
+  EXPECT_EQ(explained.status, 2) << explained.output;
+  EXPECT_NE(explained.output.find("--device: device cuda: this LibTorch build has no CUDA"), std::string::npos)
+      << explained.output;
+  EXPECT_FALSE(fs::exists(tiny.root / "explained"));
 }
 
 TEST_F(Device, TheRunsLogStartsWithTheBuildAndTheDeviceChosen) {
@@ -119,13 +125,21 @@ TEST_F(Device, TheRunsLogStartsWithTheBuildAndTheDeviceChosen) {
   const auto on_cpu = train("cpu", "cpu");
   ASSERT_EQ(on_cpu.status, 0) << on_cpu.output;
   EXPECT_NE(read_file(tiny.root / "runs" / "cpu" / "log.txt").find("] device cpu\n"), std::string::npos);
-  // And its checkpoint stylizes on the device asked for.
+  // And its checkpoint stylizes and explains on the device asked for.
   const auto stylized = run_atelier("stylize --checkpoint " + (tiny.root / "runs" / "cpu").string() + " --content " +
                                     (tiny.root / "content" / "c0.png").string() + " --style " +
                                     (tiny.root / "style" / "s0.png").string() + " --device cpu --out " +
                                     (tiny.root / "out.png").string());
   EXPECT_EQ(stylized.status, 0) << stylized.output;
   EXPECT_NE(stylized.output.find("device cpu"), std::string::npos) << stylized.output;
+  const auto explained = run_atelier("explain --checkpoint " + (tiny.root / "runs" / "cpu").string() + " --content " +
+                                     (tiny.root / "content" / "c0.png").string() + " --style " +
+                                     (tiny.root / "style" / "s0.png").string() +
+                                     " --device cpu --size 32 --methods features trust --out " +
+                                     (tiny.root / "explained").string());
+  EXPECT_EQ(explained.status, 0) << explained.output;
+  EXPECT_NE(explained.output.find("device cpu"), std::string::npos) << explained.output;
+  EXPECT_TRUE(fs::exists(tiny.root / "explained" / "report.html"));
 }
 
 }  // namespace
