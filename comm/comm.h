@@ -86,8 +86,9 @@ std::vector<std::string> compiled_backends();
 enum class ReduceOp { Sum, Avg };  // Avg: floating-point tensors only
 
 struct CommOptions {
-  std::string backend = "auto";  // auto | mpi
+  std::string backend = "auto";  // auto (nccl for a CUDA device, else mpi) | mpi | nccl
   double timeout_s = 300;        // a collective running longer aborts the job
+  torch::Device device{torch::kCPU};  // where this rank's tensors live (train.device)
 };
 
 // Collectives over CPU tensors. Every rank must call the same collectives in
@@ -111,11 +112,20 @@ class Communicator {
 };
 
 // The communicator for `env`: a world of one needs no library and gets a
-// local communicator (every collective is the identity); MPI-launched jobs
-// get the MPI backend. Torchrun-style jobs without MPI rendezvous over TCP
-// (see Rendezvous) and need NCCL, which this build has only with CUDA.
-// Throws CommError for an unknown or unavailable backend.
+// local communicator (every collective is the identity) unless a backend is
+// named; MPI-launched jobs get the MPI backend, or NCCL on a CUDA device
+// (its unique id broadcast over MPI). Torchrun-style jobs rendezvous over
+// TCP (see Rendezvous) and need NCCL. The NCCL communicator also takes CPU
+// tensors (staged through the device), so control traffic needs no second
+// backend. Throws CommError for an unknown or unavailable backend: nccl
+// without a CUDA device, or where this build has no NCCL.
 std::shared_ptr<Communicator> make_communicator(const Environment& env, const CommOptions& options);
+
+// NCCL's bootstrap: rank 0's ncclUniqueId (its bytes) on every rank,
+// broadcast over `bootstrap` when given (an MPI job), else exchanged over
+// the TCP rendezvous of `env`. Needs no GPU. Throws CommError where this
+// build has no NCCL, or naming the peer the exchange failed with.
+std::string exchange_nccl_id(const Environment& env, Communicator* bootstrap, std::chrono::milliseconds timeout);
 
 // Ends every rank of the job with `exit_code` when this process is one rank
 // of a multi-rank MPI job; returns otherwise. For main's error path: a rank

@@ -1,11 +1,15 @@
 // The backend choice, the world-of-one communicator, and the small helpers
 // built on any Communicator.
 #include <boost/crc.hpp>
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 
 #include "comm/comm.h"
 #include "comm/mpi_communicator.h"
+#ifdef ATELIER_NCCL
+#include "comm/nccl_communicator.h"
+#endif
 
 namespace atelier::comm {
 namespace {
@@ -30,19 +34,84 @@ class LocalCommunicator final : public Communicator {
 
 }  // namespace
 
-std::shared_ptr<Communicator> make_communicator(const Environment& env, const CommOptions& options) {
-  if (options.backend != "auto" && options.backend != "mpi")
-    throw CommError("dist.backend '" + options.backend + "' is not built (built: auto, mpi)");
+std::string exchange_nccl_id(const Environment& env, Communicator* bootstrap, std::chrono::milliseconds timeout) {
+#ifndef ATELIER_NCCL
+  (void)env, (void)bootstrap, (void)timeout;
+  throw CommError("this build has no NCCL backend (built: mpi): build with the CUDA toolkit and NCCL present");
+#else
+  if (bootstrap != nullptr) {
+    const int64_t size = static_cast<int64_t>(nccl_unique_id().size());
+    auto bytes = torch::zeros({size}, torch::kUInt8);
+    if (bootstrap->rank() == 0) {
+      const auto id = nccl_unique_id();
+      std::memcpy(bytes.data_ptr<uint8_t>(), id.data(), id.size());
+    }
+    bootstrap->broadcast(bytes, 0);
+    return std::string(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), static_cast<size_t>(size));
+  }
+  return rendezvous_all_gather(env, env.rank == 0 ? nccl_unique_id() : std::string(), timeout).front();
+#endif
+}
+
+namespace {
+
+bool nccl_built() {
+  const auto backends = compiled_backends();
+  return std::find(backends.begin(), backends.end(), "nccl") != backends.end();
+}
+
+// dist.backend and the device, checked together before any library starts.
+void check_backend(const Environment& env, const CommOptions& options) {
+  if (options.backend != "auto" && options.backend != "mpi" && options.backend != "nccl")
+    throw CommError("dist.backend '" + options.backend + "' is not one of auto, mpi, nccl");
   if (!(options.timeout_s > 0)) throw CommError("dist.timeout_s must be positive");
-  if (env.launcher == Launcher::Mpi || env.launcher == Launcher::Slurm)
-    return std::make_shared<MpiCommunicator>(options.timeout_s);
+  const bool cuda = options.device.is_cuda();
+  if (options.backend == "nccl" && !nccl_built())
+    throw CommError("dist.backend nccl: this build has no NCCL backend (built: mpi); build where the CUDA toolkit "
+                    "and NCCL are found");
+  if (options.backend == "nccl" && !cuda)
+    throw CommError("dist.backend nccl carries CUDA tensors, but this rank's device is " + options.device.str() +
+                    " (train.device): use dist.backend mpi or auto on CPUs");
+  if (options.backend == "mpi" && cuda && env.world_size > 1)
+    throw CommError("dist.backend mpi carries CPU tensors, but this rank's device is " + options.device.str() +
+                    ": use dist.backend nccl (or auto)");
+  if (options.backend == "auto" && cuda && env.world_size > 1 && !nccl_built())
+    throw CommError(std::to_string(env.world_size) + " ranks on " + options.device.str() +
+                    " need the NCCL backend, which this build does not have (built: mpi): run one rank per job on "
+                    "the GPU, or train.device=cpu");
+}
+
+}  // namespace
+
+std::shared_ptr<Communicator> make_communicator(const Environment& env, const CommOptions& options) {
+  check_backend(env, options);
+  const bool mpi_launched = env.launcher == Launcher::Mpi || env.launcher == Launcher::Slurm;
+  const bool nccl = options.backend == "nccl" || (options.backend == "auto" && options.device.is_cuda() && env.world_size > 1);
+#ifdef ATELIER_NCCL
+  if (nccl) {
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000));
+    if (mpi_launched) {
+      // MPI only carries the unique id; it stays initialised until exit.
+      MpiCommunicator mpi(options.timeout_s);
+      return std::make_shared<NcclCommunicator>(mpi.rank(), mpi.world_size(), exchange_nccl_id(env, &mpi, timeout),
+                                                options.device, options.timeout_s);
+    }
+    return std::make_shared<NcclCommunicator>(env.rank, env.world_size, exchange_nccl_id(env, nullptr, timeout),
+                                              options.device, options.timeout_s);
+  }
+#else
+  (void)nccl;  // check_backend refused every NCCL case
+#endif
+  if (mpi_launched) return std::make_shared<MpiCommunicator>(options.timeout_s);
   if (options.backend == "mpi" && env.world_size == 1) return std::make_shared<MpiCommunicator>(options.timeout_s);
   if (env.world_size == 1) return std::make_shared<LocalCommunicator>();
-  // torchrun-style variables without MPI: the TCP rendezvous bootstraps NCCL,
-  // which exists only in CUDA builds.
+  // torchrun-style variables without MPI: the TCP rendezvous bootstraps
+  // NCCL, whose collectives need GPUs.
   throw CommError("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
-                  " was started with torchrun-style variables (RANK, WORLD_SIZE) but this build has no NCCL "
-                  "backend (LibTorch without CUDA): launch CPU jobs with mpirun or `atelier launch -n N`");
+                  " was started with torchrun-style variables (RANK, WORLD_SIZE), which need the NCCL backend on "
+                  "GPUs (" + (nccl_built() ? "this rank's device is " + options.device.str()
+                                           : std::string("this build has no NCCL")) +
+                  "): launch CPU jobs with mpirun or `atelier launch -n N`");
 }
 
 std::vector<std::string> all_gather_strings(Communicator& comm, const std::string& text) {

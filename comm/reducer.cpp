@@ -134,10 +134,12 @@ void GradientReducer::State::build_buckets(const ReducerOptions& options) {
     const auto& p = params[i];
     const auto wire = wire_type(p.scalar_type(), options.compression);
     const double size = static_cast<double>(p.numel()) * c10::elementSize(wire);
-    const bool fits = !buckets.empty() && buckets.back().buffer.scalar_type() == wire && bytes + size <= capacity;
+    // Buckets live where their gradients do (a GPU's buckets never visit the host).
+    const bool fits = !buckets.empty() && buckets.back().buffer.scalar_type() == wire &&
+                      buckets.back().buffer.device() == p.device() && bytes + size <= capacity;
     if (!fits) {
       buckets.emplace_back();
-      buckets.back().buffer = torch::empty({0}, torch::TensorOptions().dtype(wire));
+      buckets.back().buffer = torch::empty({0}, torch::TensorOptions().dtype(wire).device(p.device()));
       bytes = 0;
     }
     auto& bucket = buckets.back();

@@ -3,10 +3,12 @@
 namespace atelier::trainer {
 namespace fs = std::filesystem;
 
-AdaINGAN::AdaINGAN(const Config& config, std::shared_ptr<comm::Communicator> comm)
+AdaINGAN::AdaINGAN(const Config& config, std::shared_ptr<comm::Communicator> comm, torch::Device device)
     : config_(config), comm_(std::move(comm)) {
   generator = models::AdaINGenerator(config.model.generator);
   discriminator = models::PatchDiscriminator(config.model.discriminator);
+  // On the device before the optimisers and reducers see the parameters.
+  place(device, config.train.channels_last);
   optimizer_g_ = std::make_unique<torch::optim::Adam>(generator->trainable_parameters(),
                                                       adam_options(config.optim.lr_g, config.optim));
   optimizer_d_ = std::make_unique<torch::optim::Adam>(discriminator->parameters(),

@@ -15,7 +15,8 @@ class AdaINGAN : public GanModel {
   // RNG, which the caller seeds. With a communicator of more than one rank,
   // call sync_replicas() before the first step; each step then averages G's
   // and D's gradients across ranks (one GradientReducer per network).
-  explicit AdaINGAN(const Config& config, std::shared_ptr<comm::Communicator> comm = nullptr);
+  explicit AdaINGAN(const Config& config, std::shared_ptr<comm::Communicator> comm = nullptr,
+                    torch::Device device = torch::kCPU);
 
   void sync_replicas() override;
   std::vector<torch::Tensor> state_tensors() override;

@@ -22,12 +22,14 @@ torch::Tensor judge(models::PatchDiscriminator& d, models::Adversarial kind, con
 
 }  // namespace
 
-CycleGAN::CycleGAN(const Config& config, std::shared_ptr<comm::Communicator> comm)
+CycleGAN::CycleGAN(const Config& config, std::shared_ptr<comm::Communicator> comm, torch::Device device)
     : pool_a(config.model.pool_size), pool_b(config.model.pool_size), config_(config), comm_(std::move(comm)) {
   g_a = models::ResnetGenerator(config.model.resnet);
   g_b = models::ResnetGenerator(config.model.resnet);
   d_a = models::PatchDiscriminator(config.model.discriminator);
   d_b = models::PatchDiscriminator(config.model.discriminator);
+  // On the device before the optimisers and reducers see the parameters.
+  place(device, config.train.channels_last);
   optimizer_g_ = std::make_unique<torch::optim::Adam>(generator_parameters(),
                                                       adam_options(config.optim.lr_g, config.optim));
   optimizer_d_ = std::make_unique<torch::optim::Adam>(discriminator_parameters(),

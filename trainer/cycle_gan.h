@@ -17,7 +17,8 @@ namespace atelier::trainer {
 
 class CycleGAN : public GanModel {
  public:
-  explicit CycleGAN(const Config& config, std::shared_ptr<comm::Communicator> comm = nullptr);
+  explicit CycleGAN(const Config& config, std::shared_ptr<comm::Communicator> comm = nullptr,
+                    torch::Device device = torch::kCPU);
 
   void sync_replicas() override;
   std::vector<torch::Tensor> state_tensors() override;

@@ -108,11 +108,10 @@ void GanModel::place(torch::Device device, bool channels_last) {
 std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm::Communicator> comm,
                                      torch::Device device) {
   std::unique_ptr<GanModel> model;
-  if (config.model.family == "adain") model = std::make_unique<AdaINGAN>(config, std::move(comm));
-  if (config.model.family == "cyclegan") model = std::make_unique<CycleGAN>(config, std::move(comm));
+  if (config.model.family == "adain") model = std::make_unique<AdaINGAN>(config, std::move(comm), device);
+  if (config.model.family == "cyclegan") model = std::make_unique<CycleGAN>(config, std::move(comm), device);
   if (!model)
     throw TrainError("model.family '" + config.model.family + "' is not built (allowed: adain, cyclegan)");
-  model->place(device, config.train.channels_last);
   return model;
 }
 

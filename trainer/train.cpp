@@ -330,21 +330,13 @@ void log_weight_files(const Config& config, GanModel& gan) {
                  decoder_weights, (*adain)->decoder->options.output);
 }
 
-// train.device for this rank, and why, in words. Gradients of GPU tensors travel by NCCL,
-// which this build does not have yet: more than one rank on CUDA is refused
-// here rather than failing in the first all-reduce.
-comm::DeviceChoice training_device(const Config& config, const comm::Communicator& comm) {
-  comm::DeviceChoice device;
+// train.device for this rank, and why, in words.
+comm::DeviceChoice training_device(const Config& config, const comm::Environment& env) {
   try {
-    device = comm::choose_device(config.train.device, comm::detect_environment(), comm::device_facts());
+    return comm::choose_device(config.train.device, env, comm::device_facts());
   } catch (const comm::CommError& e) {
     throw TrainError(std::string("train.device: ") + e.what());
   }
-  if (device.device.is_cuda() && comm.world_size() > 1)
-    throw TrainError("train.device " + config.train.device + " with " + std::to_string(comm.world_size()) +
-                     " ranks needs the NCCL backend, which this build does not have (backends: mpi, CPU tensors "
-                     "only); run one rank per job on the GPU, or train.device=cpu");
-  return device;
 }
 
 void check_sources(const Config& config) {
@@ -367,11 +359,12 @@ std::string build_info() {
 
 TrainResult train(const Config& config, const std::string& resolved_yaml, bool resume) {
   check_sources(config);
+  const auto env = comm::detect_environment();
+  const auto device = training_device(config, env);
   Run run{config, fs::path(config.run.dir) / config.run.name, {resolved_yaml, config_hash(resolved_yaml)},
-          comm::make_communicator(comm::detect_environment(), {config.dist.backend, config.dist.timeout_s}), torch::kCPU, {}};
+          comm::make_communicator(env, {config.dist.backend, config.dist.timeout_s, device.device}), device.device,
+          {}};
   run.micro_batches = micro_batches_per_step(config.train.global_batch, config.train.batch_size, run.comm->world_size());
-  const auto device = training_device(config, *run.comm);
-  run.device = device.device;
   const bool leader = run.comm->rank() == 0;
   // Every rank makes the same checks on the same (shared) directory, so a
   // refusal ends every rank with the same message instead of a hang.

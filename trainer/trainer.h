@@ -110,7 +110,7 @@ struct CheckpointOptions {
 // Data-parallel training across ranks (mpirun, srun, `atelier launch`).
 // Ignored by a single process started without a launcher.
 struct DistConfig {
-  std::string backend = "auto";  // auto | mpi: the Communicator backend
+  std::string backend = "auto";  // auto | mpi | nccl: the Communicator backend (auto: nccl on CUDA, mpi on CPU)
   double bucket_mb = 25;         // gradient bucket size in MiB (DDP's bucket_cap_mb)
   double timeout_s = 300;        // a collective running longer aborts the whole job
   comm::Compression compression = comm::Compression::None;  // wire format of gradient buckets

@@ -3,6 +3,8 @@
 // result; the reducer is compared with the simple all-reduce oracle.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <csignal>
 #include <cstdlib>
 #include <thread>
@@ -273,6 +275,21 @@ TEST(Startup, BroadcastFromRank0MakesReplicasIdentical) {
   broadcast_from_rank0(comm, net->parameters());
   const auto sums = comm.all_gather(torch::tensor({static_cast<int64_t>(checksum(net->parameters()))}));
   EXPECT_EQ(sums[0].item<int64_t>(), sums[1].item<int64_t>());
+}
+
+// NCCL's bootstrap over MPI: rank 0's unique id on every rank. ncclGetUniqueId
+// needs no GPU, so this runs for real on CPU machines.
+TEST(Startup, NcclUniqueIdOverMpiIsRankZerosOnEveryRank) {
+  const auto backends = compiled_backends();
+  if (std::find(backends.begin(), backends.end(), "nccl") == backends.end())
+    GTEST_SKIP() << "this build has no NCCL backend";
+  auto& comm = world();
+  auto id = exchange_nccl_id(detect_environment(), &comm, std::chrono::seconds(20));
+  ASSERT_EQ(id.size(), 128u);
+  const auto bytes = torch::from_blob(id.data(), {128}, torch::kUInt8).clone();
+  EXPECT_GT(bytes.count_nonzero().item<int64_t>(), 0) << "an id, not zeros";
+  const auto all = comm.all_gather(bytes);
+  EXPECT_TRUE(all[0].equal(all[1]));
 }
 
 // Fault injection, run by FaultTest in faults_test.cpp as its own mpirun job:

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <boost/asio.hpp>
+#include <algorithm>
 #include <cstdlib>
 #include <torch/torch.h>
 
@@ -173,6 +174,75 @@ int free_port() {
 
 // Two processes: the child is rank 1, this process rank 0; both read their
 // place from torchrun variables.
+bool nccl_built() {
+  const auto backends = compiled_backends();
+  return std::find(backends.begin(), backends.end(), "nccl") != backends.end();
+}
+
+// NCCL's bootstrap under torchrun-style variables: rank 0's unique id
+// reaches rank 1 over the TCP rendezvous (no GPU needed for the id).
+TEST_F(Env, NcclUniqueIdOverTheRendezvousIsRankZerosOnBothRanks) {
+  if (!nccl_built()) GTEST_SKIP() << "this build has no NCCL backend";
+  const auto port = std::to_string(free_port());
+  int channel[2];
+  ASSERT_EQ(pipe(channel), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(channel[0]);
+    ::setenv("RANK", "1", 1), ::setenv("WORLD_SIZE", "2", 1), ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+    ::setenv("MASTER_PORT", port.c_str(), 1);
+    try {
+      const auto id = exchange_nccl_id(detect_environment(), nullptr, std::chrono::seconds(20));
+      const bool sent = write(channel[1], id.data(), id.size()) == static_cast<ssize_t>(id.size());
+      _exit(sent ? 0 : 3);
+    } catch (const std::exception&) {
+      _exit(4);
+    }
+  }
+  close(channel[1]);
+  ScopedEnv vars{{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port.c_str()}};
+  const auto id = exchange_nccl_id(detect_environment(), nullptr, std::chrono::seconds(20));
+  std::string theirs(256, '\0');
+  ssize_t got = 0, n = 0;
+  while ((n = read(channel[0], theirs.data() + got, theirs.size() - static_cast<size_t>(got))) > 0) got += n;
+  close(channel[0]);
+  theirs.resize(static_cast<size_t>(got));
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
+  ASSERT_EQ(id.size(), 128u);
+  EXPECT_EQ(theirs, id);
+  EXPECT_NE(id, std::string(128, '\0'));
+}
+
+TEST_F(Env, NcclIsRefusedForCpuTensorsAndMpiForCudaOnesNamingTheReason) {
+  const auto refusal = [](const Environment& env, const CommOptions& options) {
+    try {
+      make_communicator(env, options);
+    } catch (const CommError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const auto nccl_on_cpu = refusal(Environment{}, {"nccl", 10});
+  if (nccl_built())
+    EXPECT_NE(nccl_on_cpu.find("dist.backend nccl carries CUDA tensors, but this rank's device is cpu"),
+              std::string::npos)
+        << nccl_on_cpu;
+  else
+    EXPECT_NE(nccl_on_cpu.find("this build has no NCCL backend"), std::string::npos) << nccl_on_cpu;
+  Environment two;
+  two.launcher = Launcher::Torchrun;
+  two.world_size = 2;
+  const auto mpi_on_cuda = refusal(two, {"mpi", 10, torch::Device(torch::kCUDA, 0)});
+  EXPECT_NE(mpi_on_cuda.find("dist.backend mpi carries CPU tensors, but this rank's device is cuda:0"),
+            std::string::npos)
+      << mpi_on_cuda;
+  const auto unknown = refusal(Environment{}, {"gloo", 10});
+  EXPECT_NE(unknown.find("dist.backend 'gloo' is not one of auto, mpi, nccl"), std::string::npos) << unknown;
+}
+
 TEST_F(Env, RendezvousOverTcpExchangesEveryRanksBlob) {
   const auto port = std::to_string(free_port());
   const pid_t child = fork();

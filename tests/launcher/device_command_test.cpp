@@ -37,6 +37,21 @@ TEST(Version, SaysTheLibTorchItsCudaAndTheBackends) {
   EXPECT_NE(ran.output.find("communication backends: mpi"), std::string::npos) << ran.output;
 }
 
+// CI fails the day the NCCL backend stops compiling: where the CUDA
+// toolkit with NCCL is installed, the binary must have it.
+TEST(Version, NamesNcclWhereverTheCudaToolkitHasIt) {
+#ifdef ATELIER_NCCL_OFF
+  GTEST_SKIP() << "configured with -DATELIER_NCCL=OFF";
+#endif
+  const fs::path cuda = std::getenv("CUDA_HOME") ? std::getenv("CUDA_HOME") : "/usr/local/cuda";
+  if (!fs::exists(cuda / "include" / "nccl.h") || !fs::exists(cuda / "include" / "cuda_runtime.h"))
+    GTEST_SKIP() << "no CUDA toolkit with NCCL under " << cuda;
+  const auto ran = run_atelier("--version");
+  EXPECT_NE(ran.output.find("communication backends: mpi, nccl"), std::string::npos)
+      << "the CUDA toolkit and NCCL are installed under " << cuda << " but the NCCL backend was not built:\n"
+      << ran.output;
+}
+
 class Device : public ::testing::Test {
  protected:
   // A one-step run of the tiny checkpoint's data and widths, on `device`.
@@ -118,10 +133,11 @@ TEST_F(Device, TheRunsLogStartsWithTheBuildAndTheDeviceChosen) {
   EXPECT_NE(second.find(std::string("LibTorch ") + TORCH_VERSION), std::string::npos) << log;
   EXPECT_NE(third.find("communication backends: mpi"), std::string::npos) << log;
   const auto facts = comm::device_facts();
-  if (!facts.cuda_built)
+  if (!facts.cuda_built) {
     EXPECT_NE(fourth.find("device auto: cpu (this LibTorch build has no CUDA)"), std::string::npos) << log;
-  else if (facts.cuda_devices > 0)
+  } else if (facts.cuda_devices > 0) {
     EXPECT_NE(fourth.find("device auto: cuda:0"), std::string::npos) << log;
+  }
   const auto on_cpu = train("cpu", "cpu");
   ASSERT_EQ(on_cpu.status, 0) << on_cpu.output;
   EXPECT_NE(read_file(tiny.root / "runs" / "cpu" / "log.txt").find("] device cpu\n"), std::string::npos);

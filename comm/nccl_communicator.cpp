@@ -1,0 +1,182 @@
+// NCCL collectives on raw device pointers. atelier never sets a current
+// CUDA stream, so LibTorch's kernels run on the default stream: a
+// collective is queued on a communication stream after an event recorded
+// there, and the default stream waits on the collective's own event, as
+// PyTorch's ProcessGroupNCCL does; the host then waits for it under the
+// deadline, polling, so that a collective a peer never joins aborts the
+// communicator instead of hanging.
+#include "comm/nccl_communicator.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <cstring>
+#include <sstream>
+#include <thread>
+
+namespace atelier::comm {
+namespace {
+
+void cuda_check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) throw CommError(std::string("NCCL backend: ") + what + ": " + cudaGetErrorString(status));
+}
+
+void nccl_check(ncclResult_t status, const char* what) {
+  if (status != ncclSuccess) throw CommError(std::string("NCCL backend: ") + what + ": " + ncclGetErrorString(status));
+}
+
+ncclDataType_t nccl_type(const torch::Tensor& t) {
+  switch (t.scalar_type()) {
+    case torch::kFloat: return ncclFloat32;
+    case torch::kDouble: return ncclFloat64;
+    case torch::kHalf: return ncclFloat16;
+    case torch::kBFloat16: return ncclBfloat16;
+    case torch::kLong: return ncclInt64;
+    case torch::kInt: return ncclInt32;
+    case torch::kByte: return ncclUint8;
+    case torch::kChar: return ncclInt8;
+    default: throw CommError(std::string("NCCL backend: no NCCL type for ") + c10::toString(t.scalar_type()));
+  }
+}
+
+std::string describe(const torch::Tensor& t) {
+  std::ostringstream out;
+  out << c10::toString(t.scalar_type()) << t.sizes();
+  return out.str();
+}
+
+}  // namespace
+
+struct NcclCommunicator::State {
+  ncclComm_t comm = nullptr;
+  cudaStream_t stream = nullptr;  // the communication stream
+  cudaEvent_t queued = nullptr;   // the compute stream's work so far
+  cudaEvent_t done = nullptr;     // the collective
+  bool aborted = false;
+};
+
+NcclCommunicator::NcclCommunicator(int rank, int world_size, const std::string& unique_id, torch::Device device,
+                                   double timeout_s)
+    : rank_(rank), world_size_(world_size), device_(device), timeout_s_(timeout_s), state_(std::make_unique<State>()) {
+  if (!device.is_cuda()) throw CommError("NCCL backend: needs a CUDA device, not " + device.str());
+  if (unique_id.size() != sizeof(ncclUniqueId))
+    throw CommError("NCCL backend: the unique id has " + std::to_string(unique_id.size()) + " bytes, not " +
+                    std::to_string(sizeof(ncclUniqueId)));
+  ncclUniqueId id;
+  std::memcpy(&id, unique_id.data(), sizeof id);
+  cuda_check(cudaSetDevice(device.index()), "cudaSetDevice");
+  cuda_check(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  cuda_check(cudaEventCreateWithFlags(&state_->queued, cudaEventDisableTiming), "cudaEventCreate");
+  cuda_check(cudaEventCreateWithFlags(&state_->done, cudaEventDisableTiming), "cudaEventCreate");
+  nccl_check(ncclCommInitRank(&state_->comm, world_size, id, rank), "ncclCommInitRank");
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  if (state_->comm != nullptr && !state_->aborted) ncclCommDestroy(state_->comm);
+  if (state_->done != nullptr) cudaEventDestroy(state_->done);
+  if (state_->queued != nullptr) cudaEventDestroy(state_->queued);
+  if (state_->stream != nullptr) cudaStreamDestroy(state_->stream);
+}
+
+template <typename Issue>
+void NcclCommunicator::run(const std::string& operation, Issue&& issue) {
+  if (state_->aborted) throw CommError("NCCL backend: rank " + std::to_string(rank_) + ": " + operation +
+                                       " after the communicator was aborted");
+  cuda_check(cudaSetDevice(device_.index()), "cudaSetDevice");
+  cuda_check(cudaEventRecord(state_->queued, /*default stream*/ nullptr), "cudaEventRecord");
+  cuda_check(cudaStreamWaitEvent(state_->stream, state_->queued, 0), "cudaStreamWaitEvent");
+  nccl_check(issue(state_->comm, state_->stream), operation.c_str());
+  cuda_check(cudaEventRecord(state_->done, state_->stream), "cudaEventRecord");
+  cuda_check(cudaStreamWaitEvent(nullptr, state_->done, 0), "cudaStreamWaitEvent");
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    const auto status = cudaEventQuery(state_->done);
+    if (status == cudaSuccess) return;
+    if (status != cudaErrorNotReady) cuda_check(status, operation.c_str());
+    ncclResult_t async = ncclSuccess;
+    nccl_check(ncclCommGetAsyncError(state_->comm, &async), "ncclCommGetAsyncError");
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (async != ncclSuccess || waited > timeout_s_) {
+      ncclCommAbort(state_->comm);
+      state_->aborted = true;
+      const std::string why = async != ncclSuccess ? std::string(ncclGetErrorString(async))
+                                                   : "did not finish within dist.timeout_s (" +
+                                                         std::to_string(timeout_s_) + " s): a peer rank died or hangs";
+      throw CommError("rank " + std::to_string(rank_) + ": NCCL collective " + operation + " " + why +
+                      "; the communicator was aborted");
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+torch::Tensor NcclCommunicator::on_device(const torch::Tensor& tensor) const {
+  if (tensor.is_cuda() && tensor.device() != device_)
+    throw CommError("NCCL backend: a tensor on " + tensor.device().str() + " but this rank's device is " +
+                    device_.str());
+  return tensor.to(device_).contiguous();
+}
+
+void NcclCommunicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
+  if (op == ReduceOp::Avg && !tensor.is_floating_point())
+    throw CommError("all_reduce: average of " + describe(tensor) + " (integer) is not defined");
+  const std::lock_guard<std::mutex> lock(mutex_);
+  auto flat = on_device(tensor);
+  const auto type = nccl_type(flat);
+  run("all_reduce " + describe(tensor), [&](ncclComm_t comm, cudaStream_t stream) {
+    return ncclAllReduce(flat.data_ptr(), flat.data_ptr(), static_cast<size_t>(flat.numel()), type,
+                         op == ReduceOp::Avg ? ncclAvg : ncclSum, comm, stream);
+  });
+  if (!flat.is_same(tensor)) tensor.copy_(flat);
+}
+
+void NcclCommunicator::broadcast(torch::Tensor& tensor, int root) {
+  if (root < 0 || root >= world_size_)
+    throw CommError("broadcast: root " + std::to_string(root) + " is not a rank of " + std::to_string(world_size_));
+  const std::lock_guard<std::mutex> lock(mutex_);
+  auto flat = on_device(tensor);
+  const auto type = nccl_type(flat);
+  run("broadcast " + describe(tensor), [&](ncclComm_t comm, cudaStream_t stream) {
+    return ncclBroadcast(flat.data_ptr(), flat.data_ptr(), static_cast<size_t>(flat.numel()), type, root, comm,
+                         stream);
+  });
+  if (!flat.is_same(tensor)) tensor.copy_(flat);
+}
+
+torch::Tensor NcclCommunicator::all_gather(const torch::Tensor& tensor) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  // The ranks first agree on dtype and element count, so a mismatch is an
+  // error naming both ranks rather than a garbled gather.
+  auto meta = torch::tensor({static_cast<int64_t>(tensor.scalar_type()), tensor.numel()}, torch::kLong).to(device_);
+  auto metas = torch::empty({world_size_, 2}, meta.options());
+  run("all_gather (layout)", [&](ncclComm_t comm, cudaStream_t stream) {
+    return ncclAllGather(meta.data_ptr(), metas.data_ptr(), 2, ncclInt64, comm, stream);
+  });
+  const auto seen = metas.to(torch::kCPU);
+  for (int r = 0; r < world_size_; ++r)
+    if (!seen[r].equal(seen[rank_]))
+      throw CommError("all_gather: rank " + std::to_string(r) + " and rank " + std::to_string(rank_) +
+                      " gather tensors of different dtype or size (" + describe(tensor) + " here)");
+  const auto flat = on_device(tensor);
+  std::vector<int64_t> sizes = {world_size_};
+  for (const auto s : tensor.sizes()) sizes.push_back(s);
+  auto out = torch::empty(sizes, flat.options());
+  const auto type = nccl_type(flat);
+  run("all_gather " + describe(tensor), [&](ncclComm_t comm, cudaStream_t stream) {
+    return ncclAllGather(flat.data_ptr(), out.data_ptr(), static_cast<size_t>(flat.numel()), type, comm, stream);
+  });
+  return out.to(tensor.device());
+}
+
+void NcclCommunicator::barrier() {
+  auto token = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat).device(device_));
+  all_reduce(token, ReduceOp::Sum);
+}
+
+std::string nccl_unique_id() {
+  ncclUniqueId id;
+  nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  return std::string(reinterpret_cast<const char*>(&id), sizeof id);
+}
+
+}  // namespace atelier::comm
