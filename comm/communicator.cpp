@@ -1,7 +1,6 @@
 // The backend choice, the world-of-one communicator, and the small helpers
 // built on any Communicator.
 #include <boost/crc.hpp>
-#include <algorithm>
 #include <cstring>
 #include <sstream>
 
@@ -40,7 +39,7 @@ std::string exchange_nccl_id(const Environment& env, Communicator* bootstrap, st
   throw CommError("this build has no NCCL backend (built: mpi): build with the CUDA toolkit and NCCL present");
 #else
   if (bootstrap != nullptr) {
-    const int64_t size = static_cast<int64_t>(nccl_unique_id().size());
+    const auto size = static_cast<int64_t>(nccl_unique_id_bytes());
     auto bytes = torch::zeros({size}, torch::kUInt8);
     if (bootstrap->rank() == 0) {
       const auto id = nccl_unique_id();
@@ -55,10 +54,11 @@ std::string exchange_nccl_id(const Environment& env, Communicator* bootstrap, st
 
 namespace {
 
-bool nccl_built() {
-  const auto backends = compiled_backends();
-  return std::find(backends.begin(), backends.end(), "nccl") != backends.end();
-}
+#ifdef ATELIER_NCCL
+constexpr bool kNcclBuilt = true;
+#else
+constexpr bool kNcclBuilt = false;
+#endif
 
 // dist.backend and the device, checked together before any library starts.
 void check_backend(const Environment& env, const CommOptions& options) {
@@ -66,7 +66,7 @@ void check_backend(const Environment& env, const CommOptions& options) {
     throw CommError("dist.backend '" + options.backend + "' is not one of auto, mpi, nccl");
   if (!(options.timeout_s > 0)) throw CommError("dist.timeout_s must be positive");
   const bool cuda = options.device.is_cuda();
-  if (options.backend == "nccl" && !nccl_built())
+  if (options.backend == "nccl" && !kNcclBuilt)
     throw CommError("dist.backend nccl: this build has no NCCL backend (built: mpi); build where the CUDA toolkit "
                     "and NCCL are found");
   if (options.backend == "nccl" && !cuda)
@@ -75,7 +75,7 @@ void check_backend(const Environment& env, const CommOptions& options) {
   if (options.backend == "mpi" && cuda && env.world_size > 1)
     throw CommError("dist.backend mpi carries CPU tensors, but this rank's device is " + options.device.str() +
                     ": use dist.backend nccl (or auto)");
-  if (options.backend == "auto" && cuda && env.world_size > 1 && !nccl_built())
+  if (options.backend == "auto" && cuda && env.world_size > 1 && !kNcclBuilt)
     throw CommError(std::to_string(env.world_size) + " ranks on " + options.device.str() +
                     " need the NCCL backend, which this build does not have (built: mpi): run one rank per job on "
                     "the GPU, or train.device=cpu");
@@ -109,7 +109,7 @@ std::shared_ptr<Communicator> make_communicator(const Environment& env, const Co
   // NCCL, whose collectives need GPUs.
   throw CommError("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
                   " was started with torchrun-style variables (RANK, WORLD_SIZE), which need the NCCL backend on "
-                  "GPUs (" + (nccl_built() ? "this rank's device is " + options.device.str()
+                  "GPUs (" + (kNcclBuilt ? "this rank's device is " + options.device.str()
                                            : std::string("this build has no NCCL")) +
                   "): launch CPU jobs with mpirun or `atelier launch -n N`");
 }

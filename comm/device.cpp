@@ -20,7 +20,7 @@ void require_gpu(const std::string& requested, const DeviceFacts& facts) {
   if (!facts.cuda_built)
     throw CommError("device " + requested +
                     ": this LibTorch build has no CUDA (a CPU-only build); use cpu, or build atelier against a CUDA "
-                    "LibTorch (scripts/gpu-check.sh shows how)");
+                    "LibTorch (cmake -DCMAKE_PREFIX_PATH=<its cmake prefix>)");
   if (facts.cuda_devices < 1) throw CommError("device " + requested + ": no GPU is visible" + visible_note(facts));
 }
 

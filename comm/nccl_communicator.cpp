@@ -173,6 +173,8 @@ void NcclCommunicator::barrier() {
   all_reduce(token, ReduceOp::Sum);
 }
 
+size_t nccl_unique_id_bytes() { return sizeof(ncclUniqueId); }
+
 std::string nccl_unique_id() {
   ncclUniqueId id;
   nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");

@@ -12,8 +12,10 @@
 
 namespace atelier::comm {
 
-// A fresh ncclUniqueId's bytes (what rank 0 hands to the others).
+// A fresh ncclUniqueId's bytes (what rank 0 hands to the others), and
+// how many there are.
 std::string nccl_unique_id();
+size_t nccl_unique_id_bytes();
 
 class NcclCommunicator final : public Communicator {
  public:

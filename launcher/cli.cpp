@@ -87,6 +87,10 @@ int run_train(const TrainArgs& args) {
 
 }  // namespace
 
+void add_device_option(CLI::App& cmd, std::string& device) {
+  cmd.add_option("--device", device, "auto (a GPU when LibTorch sees one), cpu, cuda or cuda:N")->capture_default_str();
+}
+
 comm::DeviceChoice resolve_device(const std::string& requested, const std::string& option) {
   try {
     return comm::choose_device(requested, comm::detect_environment(), comm::device_facts());

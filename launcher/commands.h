@@ -68,6 +68,9 @@ CycleGANGenerators load_cyclegan_generators(const std::filesystem::path& checkpo
 // that builds a training configuration.
 void add_config_options(CLI::App& cmd, std::string& config_path, std::vector<std::string>& overrides);
 
+// --device on the commands that run a model (stylize, evaluate, explain).
+void add_device_option(CLI::App& cmd, std::string& device);
+
 // comm::choose_device for this process's environment and machine; its
 // refusal as a ConfigError naming `option` (train.device, --device).
 comm::DeviceChoice resolve_device(const std::string& requested, const std::string& option);

@@ -299,8 +299,7 @@ void add_evaluate_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--batch", args->batch, "Pairs stylised at once");
   cmd->add_option("--threads", args->threads, "LibTorch intra-op threads (default: cores / ranks on this machine)");
   cmd->add_option("--out", args->out, "JSON report to write")->required();
-  cmd->add_option("--device", args->device, "auto (a GPU when LibTorch sees one), cpu, cuda or cuda:N")
-      ->capture_default_str();
+  add_device_option(*cmd, args->device);
   cmd->add_option("--compare", args->compare, "An earlier report: print this one's difference to it")
       ->check(CLI::ExistingFile);
   cmd->add_option("--vgg-weights", args->vgg_weights,

@@ -102,8 +102,7 @@ void add_explain_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--methods", args->methods, "Explanations to run (default: all): " + allowed_methods())
       ->expected(1, -1);
   cmd->add_option("--threads", args->threads, "LibTorch intra-op threads")->check(CLI::Range(1, 256));
-  cmd->add_option("--device", args->device, "auto (a GPU when LibTorch sees one), cpu, cuda or cuda:N")
-      ->capture_default_str();
+  add_device_option(*cmd, args->device);
   cmd->callback([args, &exit_code] { exit_code = run_explain(*args); });
 }
 

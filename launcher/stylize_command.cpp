@@ -336,8 +336,7 @@ void add_stylize_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--size", args->size, "Scale each image's shorter side to this many pixels (default: as it is)");
   cmd->add_option("--batch", args->batch, "Content images of the same size stylised together");
   cmd->add_option("--threads", args->threads, "LibTorch intra-op threads (default: one per core)");
-  cmd->add_option("--device", args->device, "auto (a GPU when LibTorch sees one), cpu, cuda or cuda:N")
-      ->capture_default_str();
+  add_device_option(*cmd, args->device);
   cmd->add_option("--out", args->out, "Output image (.png/.jpg), or a folder when --content is a folder")->required();
   cmd->footer("adain checkpoints need --style; cyclegan checkpoints take --direction instead.\n"
               "--vgg-weights with --decoder-weights (AdaIN's pretrained files) stylize without any training.\n"
