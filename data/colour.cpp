@@ -2,15 +2,11 @@
 #include "data/data.h"
 #include "data/pixels.h"
 
-#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
 #include <array>
-#include <cctype>
 #include <cmath>
-#include <filesystem>
-#include <fstream>
 #include <sstream>
 
 namespace atelier::data {
@@ -57,13 +53,6 @@ cv::Mat to_rgb01(const torch::Tensor& image) {
 torch::Tensor from_rgb01(const cv::Mat& rgb) {
   const auto hwc = torch::from_blob(const_cast<uchar*>(rgb.ptr()), {rgb.rows, rgb.cols, 3}, torch::kFloat);
   return (hwc.clamp(0.0, 1.0) * 2.0 - 1.0).permute({2, 0, 1}).contiguous();
-}
-
-std::string lower_extension(const std::string& path) {
-  std::string ext = std::filesystem::path(path).extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return ext;
 }
 
 // The 8-bit level of a value in [-1, 1]; NaN and out-of-range values clamp.
@@ -114,33 +103,12 @@ torch::Tensor load_image(const std::string& path, int64_t shorter_side) {
 
 void save_image(const std::string& path, const torch::Tensor& image) {
   check_chw(image, "save_image '" + path + "'");
-  const std::string ext = lower_extension(path);
-  std::vector<int> params;
-  if (ext == ".jpg" || ext == ".jpeg") {
-    params = {cv::IMWRITE_JPEG_QUALITY, 95};
-  } else if (ext != ".png") {
-    throw DataError("cannot write image '" + path + "': unknown extension '" + ext + "' (use .png, .jpg or .jpeg)");
-  }
   const auto hwc = ((image.detach().to(torch::kFloat).clamp(-1.0, 1.0) + 1.0) * 127.5)
                        .round()
                        .to(torch::kUInt8)
                        .permute({1, 2, 0})
                        .contiguous();
-  cv::Mat bgr;
-  cv::cvtColor(cv::Mat(static_cast<int>(hwc.size(0)), static_cast<int>(hwc.size(1)), CV_8UC3, hwc.data_ptr()), bgr,
-               cv::COLOR_RGB2BGR);
-  std::vector<uchar> bytes;
-  if (!cv::imencode(ext == ".png" ? ".png" : ".jpg", bgr, bytes, params)) {
-    throw DataError("cannot encode image '" + path + "'");
-  }
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  out.close();
-  if (!out) {
-    std::error_code ignored;
-    std::filesystem::remove(path, ignored);  // no truncated image under the real name
-    throw DataError("cannot write image '" + path + "'");
-  }
+  write_image_file(path, hwc);
 }
 
 torch::Tensor transfer_luminance(const torch::Tensor& stylised, const torch::Tensor& content) {

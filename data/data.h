@@ -2,7 +2,7 @@
 //
 // Folders (or explicit files) of JPEG/PNG images are listed once, decoded
 // (JPEGs by TurboJPEG, scaled down by 1/2, 1/4 or 1/8 when that still leaves
-// the load size; others by OpenCV), augmented (resize shorter side, random crop, horizontal
+// the load size; PNGs by libpng), augmented (resize shorter side, random crop, horizontal
 // flip, scale to [-1, 1]) and packed into content/style batches by a pool of worker
 // threads that runs ahead of training. Everything is a pure function of
 // (seed, cursor): the same seed and cursor give the same batches whatever the
@@ -31,7 +31,8 @@ struct DataError : std::runtime_error {
 };
 
 // Image files under each source, which is a directory (searched recursively)
-// or a single image file. Extensions .jpg .jpeg .png .bmp (any case). Sorted
+// or a single image file. Extensions .jpg .jpeg .png (any case; BMP is not
+// read since image files stopped going through OpenCV's imgcodecs). Sorted
 // by path so the list is the same on every rank and every run. Throws
 // DataError naming a source that does not exist or holds no image.
 std::vector<std::string> list_images(const std::vector<std::string>& sources);
@@ -45,6 +46,22 @@ struct AugmentOptions {
 // Decodes an image file to RGB uint8 [H, W, 3]. Throws DataError naming the
 // file when it cannot be read or decoded.
 torch::Tensor decode_image(const std::string& path);
+
+// Decodes JPEG or PNG bytes to RGB uint8 [H, W, 3], like decode_image.
+// Throws DataError naming `name` (a path, a shard key) and why.
+torch::Tensor decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string& name);
+
+// Image file bytes of 8-bit pixels, uint8 [H, W, 3] RGB or [H, W, 1] grey:
+// PNG by libpng (lossless), JPEG by TurboJPEG (quality 1..100, 4:2:0 chroma
+// for colour, as OpenCV wrote them). Throw DataError for other tensors.
+std::vector<uint8_t> encode_png(const torch::Tensor& hwc);
+std::vector<uint8_t> encode_jpeg(const torch::Tensor& hwc, int quality = 95, bool progressive = false);
+
+// Writes 8-bit pixels (as encode_png takes them) as PNG, or JPEG at quality
+// 95, chosen by the extension of `path` (.png .jpg .jpeg, any case). Throws
+// DataError naming the path when the extension, the tensor or the write is
+// bad; a failed write leaves no file behind.
+void write_image_file(const std::string& path, const torch::Tensor& hwc);
 
 // Resizes the shorter side of an RGB uint8 [H, W, 3] image to load_size,
 // crops crop_size x crop_size at a position drawn from `seed`, flips it when

@@ -1,9 +1,9 @@
 // Listing, decoding and augmenting single images (see data.h).
 #include "data/data.h"
+#include "data/codec.h"
 #include "data/pixels.h"
 #include "data/seeding.h"
 
-#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kImageExtensions = ".jpg .jpeg .png .bmp";
+constexpr const char* kImageExtensions = ".jpg .jpeg .png";
 
 // Largest side an output may have: keeps sizes within OpenCV's int and away
 // from absurd allocations.
@@ -31,7 +31,7 @@ bool has_image_extension(const fs::path& path) {
   std::string ext = path.extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp";
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
 }
 
 // Appends every image below `folder`. Directory symlinks are not followed:
@@ -161,7 +161,7 @@ bool read_bytes(const std::string& path, std::vector<uchar>& bytes, std::string&
 }
 
 // A JPEG cut short still "decodes": libjpeg only warns on stderr and fills
-// the missing rows with grey, so OpenCV returns a plausible image that would
+// the missing rows with grey, so a decoder returns a plausible image that would
 // silently poison training. A complete file has an end-of-image marker
 // (FF D9) after its last start-of-scan marker (FF DA). Inside entropy-coded
 // data FF is always followed by 00 or a restart marker, so neither marker
@@ -198,23 +198,20 @@ cv::Mat decode_rgb(const std::vector<uchar>& bytes, std::string& why) {
     why = "empty file";
     return {};
   }
-  if (looks_like_jpeg(bytes) && !jpeg_is_complete(bytes)) {
-    why = "truncated JPEG (no end-of-image marker after the last scan)";
-    return {};
+  if (looks_like_jpeg(bytes)) {
+    if (!jpeg_is_complete(bytes)) {
+      why = "truncated JPEG (no end-of-image marker after the last scan)";
+      return {};
+    }
+    return decode_jpeg(bytes, why);
   }
-  cv::Mat image;
-  try {
-    image = cv::imdecode(bytes, cv::IMREAD_COLOR);
-  } catch (const cv::Exception& e) {
-    why = e.err;
-    return {};
+  if (looks_like_png(bytes)) return decode_png(bytes, why);
+  if (bytes.size() >= 2 && bytes[0] == 'B' && bytes[1] == 'M') {
+    why = "a BMP image: atelier reads JPEG and PNG only (convert it, e.g. with `convert in.bmp out.png`)";
+  } else {
+    why = std::string("not a JPEG or PNG image (") + kImageExtensions + ")";
   }
-  if (image.empty()) {
-    why = std::string("not a decodable image (") + kImageExtensions + ")";
-    return {};
-  }
-  cv::cvtColor(image, image, cv::COLOR_BGR2RGB);
-  return image;
+  return {};
 }
 
 cv::Mat resize_shorter_side(const cv::Mat& rgb, int64_t size, Shrink shrink) {

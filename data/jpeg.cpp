@@ -1,58 +1,48 @@
 // TurboJPEG decoding for training (see jpeg.h).
 #include "data/jpeg.h"
 
+#include "data/codec.h"
 #include "data/pixels.h"
 
 #include <opencv2/core.hpp>
-#include <spdlog/spdlog.h>
+#include <opencv2/imgproc.hpp>
 #include <turbojpeg.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <memory>
-#include <mutex>
-#include <set>
+#include <stdexcept>
 
 namespace atelier::data::detail {
 namespace {
 
-// Decoded images above this many pixels are refused, as OpenCV refuses them
-// (CV_IO_MAX_IMAGE_PIXELS): a forged header must not make us allocate gigabytes.
-constexpr int64_t kMaxPixels = int64_t{1} << 30;
+struct DestroyHandle {
+  void operator()(void* handle) const { tjDestroy(handle); }
+};
+using Handle = std::unique_ptr<void, DestroyHandle>;
 
 // One TurboJPEG decompressor per thread: a handle is not thread-safe, and
 // creating one per image would cost an allocation of libjpeg's state each time.
+Handle& thread_decompressor() {
+  thread_local Handle handle;
+  return handle;
+}
+
 tjhandle decompressor(std::string& why) {
-  struct Destroy {
-    void operator()(void* handle) const { tjDestroy(handle); }
-  };
-  thread_local std::unique_ptr<void, Destroy> handle(tjInitDecompress());
+  Handle& handle = thread_decompressor();
+  if (!handle) handle.reset(tjInitDecompress());
   if (!handle) why = std::string("TurboJPEG cannot start: ") + tjGetErrorStr2(nullptr);
   return handle.get();
 }
 
-// Images that fell back to OpenCV: counted every time, warned about once each.
-class Fallbacks {
- public:
-  void add(const std::string& name, const std::string& reason) {
-    ++count_;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (warned_.insert(name).second) {
-      spdlog::warn("{}: TurboJPEG cannot decode it ({}); decoding with OpenCV at full size", name, reason);
-    }
-  }
-  int64_t count() const { return count_; }
-
- private:
-  std::atomic<int64_t> count_{0};
-  std::mutex mutex_;              // guards warned_
-  std::set<std::string> warned_;  // names already warned about
-};
-
-Fallbacks& fallbacks() {
-  static Fallbacks instance;
-  return instance;
+// Sets `why` to the handle's error and drops the handle. libjpeg-turbo 2.1.5
+// leaves a decompressor whose header read failed in a state where the next
+// header read fails too ("SOS before SOF" for a good JPEG after a corrupt
+// one; tests/data/jpeg_test.cpp has the case), so a failed handle is never
+// reused.
+void fail_decompressor(tjhandle handle, std::string& why) {
+  why = tjGetErrorStr2(handle);
+  thread_decompressor().reset();
 }
 
 uint32_t read_u16(const uchar* p, bool big_endian) {
@@ -106,8 +96,23 @@ struct JpegHeader {
   int colourspace = TJCS_YCbCr;
 };
 
-// Decodes a JPEG with TurboJPEG at the scale training needs. An empty Mat and
-// `why` when TurboJPEG cannot (the caller falls back to OpenCV).
+// Adobe's inverted CMYK to RGB exactly as OpenCV's icvCvt_CMYK2BGR_8u_C4C3R
+// does it, so a CMYK JPEG keeps the pixels it had under imdecode.
+cv::Mat cmyk_to_rgb(const cv::Mat& cmyk) {
+  cv::Mat rgb(cmyk.rows, cmyk.cols, CV_8UC3);
+  for (int y = 0; y < cmyk.rows; ++y) {
+    const uchar* in = cmyk.ptr<uchar>(y);
+    uchar* out = rgb.ptr<uchar>(y);
+    for (int x = 0; x < cmyk.cols; ++x, in += 4, out += 3) {
+      const int k = in[3];
+      for (int c = 0; c < 3; ++c) out[c] = static_cast<uchar>(k - ((255 - in[c]) * k >> 8));
+    }
+  }
+  return rgb;
+}
+
+// Decodes a JPEG with TurboJPEG at the scale training needs: RGB, or grey for
+// a greyscale JPEG. An empty Mat and `why` when it cannot.
 cv::Mat turbo_decode(const std::vector<uchar>& bytes, int64_t min_shorter, std::string& why) {
   tjhandle handle = decompressor(why);
   if (!handle) return {};
@@ -116,12 +121,7 @@ cv::Mat turbo_decode(const std::vector<uchar>& bytes, int64_t min_shorter, std::
   int subsampling = 0;
   if (tjDecompressHeader3(handle, bytes.data(), size, &header.width, &header.height, &subsampling,
                           &header.colourspace) != 0) {
-    why = tjGetErrorStr2(handle);
-    return {};
-  }
-  // libjpeg converts CMYK and YCCK only to CMYK; OpenCV converts those itself.
-  if (header.colourspace == TJCS_CMYK || header.colourspace == TJCS_YCCK) {
-    why = "a CMYK JPEG";
+    fail_decompressor(handle, why);
     return {};
   }
   const JpegScale scale = jpeg_scale_for(header.width, header.height, min_shorter);
@@ -131,18 +131,33 @@ cv::Mat turbo_decode(const std::vector<uchar>& bytes, int64_t min_shorter, std::
     return {};
   }
   const bool grey = header.colourspace == TJCS_GRAY;
-  cv::Mat image(height, width, grey ? CV_8UC1 : CV_8UC3);
+  // libjpeg turns CMYK and YCCK only into CMYK; we convert that ourselves.
+  const bool cmyk = header.colourspace == TJCS_CMYK || header.colourspace == TJCS_YCCK;
+  cv::Mat image(height, width, grey ? CV_8UC1 : cmyk ? CV_8UC4 : CV_8UC3);
   // Asking for exactly the scaled size makes TurboJPEG pick `scale`. A
   // warning (say, extraneous bytes before a marker) still yields the whole
-  // image, which OpenCV would have accepted too, so only an error fails.
+  // image, which OpenCV accepted too, so only an error fails.
   if (tjDecompress2(handle, bytes.data(), size, image.data, width, static_cast<int>(image.step[0]), height,
-                    grey ? TJPF_GRAY : TJPF_RGB, 0) != 0 &&
+                    grey ? TJPF_GRAY : cmyk ? TJPF_CMYK : TJPF_RGB, 0) != 0 &&
       tjGetErrorCode(handle) != TJERR_WARNING) {
-    why = tjGetErrorStr2(handle);
+    fail_decompressor(handle, why);
     return {};
   }
+  if (cmyk) image = cmyk_to_rgb(image);
   apply_orientation(exif_orientation(bytes), image);
   return image;
+}
+
+// A fresh TurboJPEG compressor for each image: libjpeg-turbo 2.1.5 carries
+// settings over between compressions on one handle (a progressive image
+// makes the next ones progressive too; tests/data/codec_test.cpp has the
+// case), and encoding is rare enough (sample grids, reports) not to matter.
+// Below quality 96 TurboJPEG would pick libjpeg's fast DCT;
+// TJFLAG_ACCURATEDCT keeps the accurate one that OpenCV's encoder used.
+Handle compressor() {
+  Handle handle(tjInitCompress());
+  if (!handle) throw std::runtime_error(std::string("TurboJPEG cannot start: ") + tjGetErrorStr2(nullptr));
+  return handle;
 }
 
 }  // namespace
@@ -170,22 +185,39 @@ JpegScale jpeg_scale_for(int width, int height, int64_t min_shorter) {
   return best;
 }
 
-cv::Mat decode_for_training(const std::vector<uchar>& bytes, int64_t min_shorter, const std::string& name,
-                            std::string& why) {
+cv::Mat decode_for_training(const std::vector<uchar>& bytes, int64_t min_shorter, std::string& why) {
   if (!looks_like_jpeg(bytes)) return decode_rgb(bytes, why);
-  // TurboJPEG, like libjpeg behind OpenCV, only warns about a file cut short
-  // and pads it with grey; decode_rgb refuses such a file, and so must we.
+  // TurboJPEG only warns about a file cut short and pads it with grey;
+  // decode_rgb refuses such a file, and so must we.
   if (!jpeg_is_complete(bytes)) return decode_rgb(bytes, why);
-  std::string turbo_why;
-  cv::Mat image = turbo_decode(bytes, min_shorter, turbo_why);
-  if (!image.empty()) return image;
-  fallbacks().add(name, turbo_why);
-  image = decode_rgb(bytes, why);
-  if (image.empty()) why = "TurboJPEG: " + turbo_why + "; OpenCV: " + why;
+  return turbo_decode(bytes, min_shorter, why);
+}
+
+cv::Mat decode_jpeg(const std::vector<uchar>& bytes, std::string& why) {
+  cv::Mat image = turbo_decode(bytes, 0, why);
+  if (!image.empty() && image.channels() == 1) cv::cvtColor(image, image, cv::COLOR_GRAY2RGB);
   return image;
 }
 
-int64_t jpeg_fallbacks() { return fallbacks().count(); }
+std::vector<uchar> encode_jpeg(const cv::Mat& image, int quality, bool progressive) {
+  if (image.empty() || (image.type() != CV_8UC3 && image.type() != CV_8UC1)) {
+    throw std::runtime_error("JPEG encoding needs a non-empty 8-bit RGB or grey image");
+  }
+  if (quality < 1 || quality > 100) throw std::runtime_error("JPEG quality must be 1..100");
+  const Handle owner = compressor();
+  tjhandle handle = owner.get();
+  const bool grey = image.channels() == 1;
+  unsigned char* jpeg = nullptr;  // allocated by TurboJPEG
+  unsigned long size = 0;
+  const int failed = tjCompress2(handle, image.data, image.cols, static_cast<int>(image.step[0]), image.rows,
+                                 grey ? TJPF_GRAY : TJPF_RGB, &jpeg, &size, grey ? TJSAMP_GRAY : TJSAMP_420,
+                                 quality, TJFLAG_ACCURATEDCT | (progressive ? TJFLAG_PROGRESSIVE : 0));
+  std::vector<uchar> bytes;
+  if (!failed) bytes.assign(jpeg, jpeg + size);
+  tjFree(jpeg);
+  if (failed) throw std::runtime_error(std::string("JPEG encoding failed: ") + tjGetErrorStr2(handle));
+  return bytes;
+}
 
 int exif_orientation(const std::vector<uchar>& bytes) {
   // Walk the marker segments after SOI (FF D8) up to the first scan; EXIF is

@@ -4,8 +4,7 @@
 // the image at 1/2, 1/4 or 1/8 of its size for much less work than a full
 // decode followed by a bigger resize, because it skips the high frequencies
 // instead of computing and then averaging them away. Greyscale JPEGs stay one
-// channel. Every other format, and a JPEG that TurboJPEG refuses, goes through
-// OpenCV at full size (counted and warned about, never silently). The folder
+// channel. Every other format decodes at full size (codec.h). The folder
 // loader and the loader service both decode through decode_for_training, so
 // they see the same pixels.
 #pragma once
@@ -34,19 +33,13 @@ struct JpegScale {
 // 1/1 (5/8, 3/4, 7/8) (jpeg.cpp has the measurements), so they are never chosen.
 JpegScale jpeg_scale_for(int width, int height, int64_t min_shorter);
 
-// Decodes encoded image bytes (JPEG, PNG, BMP) for training at a shorter side
+// Decodes encoded image bytes (JPEG, PNG) for training at a shorter side
 // of `min_shorter` pixels: a JPEG at jpeg_scale_for(...) of its size with its
-// EXIF orientation applied like OpenCV does, anything else at full size.
-// Returns RGB CV_8UC3, or CV_8UC1 for a greyscale JPEG (its R = G = B, so
-// callers expand it only after resizing: a third of the work, same bytes).
-// On failure returns an empty Mat and sets `why`; `name` (a path or shard
-// key) only labels the warning of an OpenCV fallback.
-cv::Mat decode_for_training(const std::vector<uchar>& bytes, int64_t min_shorter, const std::string& name,
-                            std::string& why);
-
-// JPEGs that TurboJPEG refused and OpenCV decoded instead (whether or not
-// OpenCV managed), since the process started. Each is warned about once.
-int64_t jpeg_fallbacks();
+// EXIF orientation applied like OpenCV does, a PNG at full size. Returns RGB
+// CV_8UC3, or CV_8UC1 for a greyscale JPEG (its R = G = B, so callers expand
+// it only after resizing: a third of the work, same bytes). On failure
+// returns an empty Mat and sets `why`.
+cv::Mat decode_for_training(const std::vector<uchar>& bytes, int64_t min_shorter, std::string& why);
 
 // The EXIF orientation (1..8, TIFF tag 0x0112) of a JPEG; 1 when it has none
 // or the EXIF block cannot be read.

@@ -41,7 +41,7 @@ class FolderImages : public detail::ImageList {
     const std::string path = name(index);
     std::vector<uchar> bytes;
     if (!detail::read_bytes(path, bytes, why)) return {};
-    return detail::decode_for_training(bytes, load_size, path, why);
+    return detail::decode_for_training(bytes, load_size, why);
   }
 
  private:

@@ -18,8 +18,8 @@ namespace atelier::data::detail {
 // sets `why` to the reason (the loader warns with it, decode_image throws).
 cv::Mat read_rgb(const std::string& path, std::string& why);
 
-// Decodes encoded image bytes (JPEG, PNG, BMP) at full size with OpenCV to
-// RGB CV_8UC3. Same failure contract as read_rgb. (Training decodes through
+// Decodes encoded image bytes (JPEG, PNG) at full size (codec.h) to RGB
+// CV_8UC3. Same failure contract as read_rgb. (Training decodes through
 // decode_for_training in jpeg.h instead, which scales JPEGs down.)
 cv::Mat decode_rgb(const std::vector<uchar>& bytes, std::string& why);
 

@@ -39,7 +39,7 @@ class ShardImages : public detail::ImageList {
   cv::Mat decode(int64_t index, int64_t load_size, std::string& why) const override {
     std::vector<unsigned char> bytes;
     if (!reader_.read(index, bytes, why)) return {};
-    return detail::decode_for_training(bytes, load_size, name(index), why);
+    return detail::decode_for_training(bytes, load_size, why);
   }
   const ShardReader& reader() const { return reader_; }
 

@@ -3,9 +3,9 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "data/data.h"
 #include "explain/explain.h"
 
 namespace atelier::explain {
@@ -175,13 +175,22 @@ cv::Mat line_plot(const std::vector<double>& x, const std::vector<std::vector<do
 }
 
 void write_png(const std::filesystem::path& path, const cv::Mat& image) {
-  bool ok = false;
-  try {
-    ok = cv::imwrite(path.string(), image);
-  } catch (const cv::Exception& e) {
-    throw ExplainError("cannot write '" + path.string() + "': " + e.what());
+  if (image.empty() || (image.type() != CV_8UC3 && image.type() != CV_8UC1)) {
+    throw ExplainError("cannot write '" + path.string() + "': not an 8-bit BGR or grey picture");
   }
-  if (!ok) throw ExplainError("cannot write '" + path.string() + "'");
+  cv::Mat pixels;
+  if (image.channels() == 3) {
+    cv::cvtColor(image, pixels, cv::COLOR_BGR2RGB);  // OpenCV draws BGR; files hold RGB
+  } else {
+    pixels = image.clone();  // continuous
+  }
+  const torch::Tensor hwc =
+      torch::from_blob(pixels.data, {pixels.rows, pixels.cols, pixels.channels()}, torch::kUInt8);
+  try {
+    data::write_image_file(path.string(), hwc);
+  } catch (const data::DataError& e) {
+    throw ExplainError(e.what());
+  }
 }
 
 }  // namespace atelier::explain

@@ -38,7 +38,7 @@ int run_shard(const ShardArgs& args) {
 void add_shard_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<ShardArgs>();
   auto* cmd = app.add_subcommand("shard", "Pack a folder of images into shards for `atelier serve-data`");
-  cmd->add_option("--input", args->input, "Folder of images (searched recursively: .jpg .jpeg .png .bmp)")
+  cmd->add_option("--input", args->input, "Folder of images (searched recursively: .jpg .jpeg .png)")
       ->required()
       ->check(CLI::ExistingDirectory);
   cmd->add_option("--output", args->output, "Folder for shard-NNNNN.bin files and index.json")->required();

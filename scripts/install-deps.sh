@@ -9,8 +9,9 @@ packages=(
   libopenmpi-dev openmpi-bin        # MPI ranks and CPU all-reduce
   libboost-dev                      # Boost.Asio, Boost.CRC
   libspdlog-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev
-  libopencv-dev                     # image decode, resize, PNG encode
-  libturbojpeg0-dev                 # TurboJPEG: scaled JPEG decoding for training
+  libopencv-dev                     # resize and colour (core + imgproc); imgcodecs only as the tests' reference
+  libturbojpeg0-dev                 # TurboJPEG: every JPEG read and written
+  libpng-dev                        # libpng: every PNG read and written
   libssl-dev                        # HMAC-SHA256 of the loader service handshake
   libgtest-dev
   opencv-doc                        # the demo's embedded photographs and paintings

@@ -5,11 +5,10 @@
 #include <cstdio>
 #include <iomanip>
 #include <nlohmann/json.hpp>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 #include <sstream>
 #include <torch/torch.h>
 
+#include "data/data.h"
 #include "trainer/event_file.h"
 #include "trainer/trainer.h"
 
@@ -44,12 +43,7 @@ torch::Tensor to_rgb8(const torch::Tensor& image) {
 }  // namespace
 
 std::string encode_png(const torch::Tensor& image) {
-  auto rgb = to_rgb8(image);
-  cv::Mat mat(static_cast<int>(rgb.size(0)), static_cast<int>(rgb.size(1)), CV_8UC3, rgb.data_ptr<uint8_t>());
-  cv::Mat bgr;
-  cv::cvtColor(mat, bgr, cv::COLOR_RGB2BGR);
-  std::vector<uchar> png;
-  if (!cv::imencode(".png", bgr, png)) throw TrainError("PNG encoding failed");
+  const std::vector<uint8_t> png = data::encode_png(to_rgb8(image));
   return std::string(png.begin(), png.end());
 }
 

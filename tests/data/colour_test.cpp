@@ -1,7 +1,6 @@
 // Whole-image I/O and colour preservation (data/colour.cpp), against
 // expectations that can be checked by hand.
 #include <gtest/gtest.h>
-#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <torch/torch.h>
 
@@ -9,6 +8,7 @@
 #include <random>
 
 #include "data/data.h"
+#include "tests/support/image_files.h"
 
 namespace atelier::data {
 namespace {
@@ -43,7 +43,7 @@ TEST_F(ColourFiles, LoadImageKeepsSizeAndPixelsWithoutCrop) {
   bgr.at<cv::Vec3b>(2, 5) = cv::Vec3b(255, 0, 0);  // blue in BGR
   bgr.at<cv::Vec3b>(12, 20) = cv::Vec3b(0, 0, 255);  // red
   const auto path = (dir / "odd.png").string();
-  cv::imwrite(path, bgr);
+  atelier::testing_support::write_bgr(path, bgr);
   const auto image = load_image(path);
   ASSERT_EQ(image.sizes(), (std::vector<int64_t>{3, 13, 21}));
   EXPECT_FLOAT_EQ(image[2][2][5].item<float>(), 1.0f);   // B of the blue pixel

@@ -1,9 +1,9 @@
 // Tests for data/: listing, decoding, augmentation and the prefetching loader.
 // Every test writes tiny images into its own temporary folder.
 #include "data/data.h"
+#include "tests/support/image_files.h"
 
 #include <gtest/gtest.h>
-#include <opencv2/imgcodecs.hpp>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -77,7 +77,7 @@ class DataTest : public ::testing::Test {
 
   std::string write_image(const std::string& name, const cv::Mat& bgr) const {
     fs::create_directories(fs::path(path(name)).parent_path());
-    EXPECT_TRUE(cv::imwrite(path(name), bgr)) << name;
+    atelier::testing_support::write_bgr(path(name), bgr);
     return path(name);
   }
 
@@ -140,7 +140,8 @@ TEST_F(DataTest, ListImagesRecursesFiltersByExtensionSortsAndDeduplicates) {
   write_image("root/b.png", noise_image(8, 8, 1));
   write_image("root/A.JPG", noise_image(8, 8, 2));
   write_image("root/sub/c.jpeg", noise_image(8, 8, 3));
-  write_image("root/sub/deeper/d.bmp", noise_image(8, 8, 4));
+  write_image("root/sub/deeper/d.png", noise_image(8, 8, 4));
+  write_bytes("root/sub/deeper/old.bmp", {'B', 'M'});  // not read since imgcodecs went
   write_image("root/sub/f.Png", noise_image(8, 8, 5));
   write_bytes("root/notes.txt", {'h', 'i'});
   write_bytes("root/sub/e.gif", {'G', 'I', 'F'});
@@ -148,7 +149,7 @@ TEST_F(DataTest, ListImagesRecursesFiltersByExtensionSortsAndDeduplicates) {
   const auto images =
       atelier::data::list_images({path("root"), path("root/b.png"), path("root/./sub/c.jpeg")});
   const std::vector<std::string> expected = {path("root/A.JPG"), path("root/b.png"), path("root/sub/c.jpeg"),
-                                             path("root/sub/deeper/d.bmp"), path("root/sub/f.Png")};
+                                             path("root/sub/deeper/d.png"), path("root/sub/f.Png")};
   EXPECT_EQ(images, expected);
 }
 
@@ -199,9 +200,7 @@ TEST_F(DataTest, DecodeImageRejectsRandomBytesNamingTheFile) {
 // differ in where the last scan starts.
 TEST_F(DataTest, DecodeImageRejectsATruncatedJpeg) {
   for (const int progressive : {0, 1}) {
-    std::vector<uchar> jpeg;
-    ASSERT_TRUE(
-        cv::imencode(".jpg", noise_image(64, 64, 5), jpeg, {cv::IMWRITE_JPEG_PROGRESSIVE, progressive}));
+    std::vector<uchar> jpeg = atelier::testing_support::encode_bgr(".jpg", noise_image(64, 64, 5), 95, progressive != 0);
     std::vector<uchar> padded = jpeg;
     padded.insert(padded.end(), {0, 0, 0, 0});  // bytes after the end marker are harmless
     const std::string whole = write_bytes("whole.jpg", padded);
@@ -215,8 +214,7 @@ TEST_F(DataTest, DecodeImageRejectsATruncatedJpeg) {
 }
 
 TEST_F(DataTest, DecodeImageRejectsATruncatedPng) {
-  std::vector<uchar> png;
-  ASSERT_TRUE(cv::imencode(".png", noise_image(64, 64, 6), png));
+  std::vector<uchar> png = atelier::testing_support::encode_bgr(".png", noise_image(64, 64, 6));
   png.resize(png.size() / 2);
   const std::string cut = write_bytes("cut.png", png);
   const std::string message = data_error_of([&] { atelier::data::decode_image(cut); });

@@ -4,9 +4,9 @@
 #pragma once
 
 #include "data/data.h"
+#include "tests/support/image_files.h"
 
 #include <gtest/gtest.h>
-#include <opencv2/imgcodecs.hpp>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -47,7 +47,7 @@ class ServiceTest : public ::testing::Test {
       data::ShardOptions options;
       options.input = path(what).string();
       options.output = path(std::string("shards/") + what).string();
-      options.shard_bytes = 4096;  // several shards even for tiny images
+      options.shard_bytes = 1024;  // several shards even for tiny images
       data::write_shards(options);
     }
   }

@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <opencv2/imgcodecs.hpp>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -28,7 +27,7 @@ class ExplainCli : public ::testing::Test {
     fs::create_directories(root / "run" / "checkpoints");
     cv::Mat img(40, 40, CV_8UC3);
     cv::randu(img, 0, 255);
-    cv::imwrite((root / "a.png").string(), img);
+    atelier::testing_support::write_bgr(root / "a.png", img);
     // Widths other than the defaults: explain must take them from config.yaml.
     atelier::models::GeneratorOptions g;
     g.encoder.width = g.decoder.width = 4;
@@ -84,7 +83,7 @@ std::vector<std::string> files_under(const fs::path& dir) {
 TEST_F(ExplainCli, TwoRanksWriteTheSameFilesAndNumbersAsOne) {
   cv::Mat img(40, 40, CV_8UC3);
   cv::randu(img, 0, 255);
-  cv::imwrite((root / "b.png").string(), img);
+  atelier::testing_support::write_bgr(root / "b.png", img);
   const std::string inputs = " --checkpoint " + (root / "run").string() + " --content " + (root / "a.png").string() +
                              " " + (root / "b.png").string() + " --style " + (root / "a.png").string() + " " +
                              (root / "b.png").string() + " --size 32 --methods saliency gradcam features --threads 1";

@@ -2,7 +2,6 @@
 // temporary directory, for the tests of commands that use a checkpoint.
 #pragma once
 
-#include <opencv2/imgcodecs.hpp>
 
 #include <cmath>
 #include <filesystem>
@@ -12,6 +11,7 @@
 #include "checkpoint/checkpoint.h"
 #include "launcher/launcher.h"
 #include "models/models.h"
+#include "tests/support/image_files.h"
 #include "trainer/trainer.h"
 
 namespace atelier::launcher {
@@ -25,7 +25,7 @@ inline void write_pattern_image(const std::filesystem::path& path, int width, in
     for (int x = 0; x < img.cols; ++x)
       img.at<cv::Vec3b>(y, x) = cv::Vec3b(static_cast<uchar>((x * a * 5) % 256), static_cast<uchar>((y * b * 7) % 256),
                                           static_cast<uchar>(((x + y) * (a + b)) % 256));
-  cv::imwrite(path.string(), img);
+  atelier::testing_support::write_bgr(path, img);
 }
 
 class TinyCheckpoint {

@@ -7,9 +7,9 @@
 
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
-#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "data/data.h"
 #include "tests/models/state_dict_helpers.h"
 
 namespace {
@@ -17,18 +17,12 @@ namespace {
 // [3, H, W] of 8-bit values (RGB) to a PNG file, and back.
 void write_png(const torch::Tensor& rgb, const std::string& path) {
   const auto hwc = rgb.permute({1, 2, 0}).to(torch::kUInt8).contiguous();
-  cv::Mat image(static_cast<int>(hwc.size(0)), static_cast<int>(hwc.size(1)), CV_8UC3, hwc.data_ptr());
-  cv::Mat bgr;
-  cv::cvtColor(image, bgr, cv::COLOR_RGB2BGR);
-  ASSERT_TRUE(cv::imwrite(path, bgr)) << path;
+  atelier::data::write_image_file(path, hwc);
 }
 
 torch::Tensor read_png(const std::string& path) {
-  cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
-  if (bgr.empty()) return {};
-  cv::Mat rgb;
-  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
-  return torch::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat).clone();
+  if (!fs::exists(path)) return {};
+  return atelier::data::decode_image(path).permute({2, 0, 1}).to(torch::kFloat);
 }
 
 const std::string kBinary = ATELIER_BINARY;

@@ -2,7 +2,7 @@
 // give the networks something to fit, written as 48x40 PNGs.
 #pragma once
 
-#include <opencv2/imgcodecs.hpp>
+#include "tests/support/image_files.h"
 
 #include <filesystem>
 #include <random>
@@ -18,7 +18,7 @@ inline void write_pattern_image(const std::filesystem::path& path, std::mt19937&
     for (int x = 0; x < img.cols; ++x)
       img.at<cv::Vec3b>(y, x) = cv::Vec3b(static_cast<uchar>((x * a) % 256), static_cast<uchar>((y * b * 3) % 256),
                                           static_cast<uchar>(((x + y) * (a + b)) % 256));
-  cv::imwrite(path.string(), img);
+  write_bgr(path, img);
 }
 
 inline void write_pattern_image(const std::filesystem::path& path, int seed) {

@@ -5,7 +5,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <opencv2/imgcodecs.hpp>
 #include <random>
 #include <torch/torch.h>
 
@@ -124,8 +123,7 @@ TEST_F(TinyRun, ResumeWithoutCheckpointIsAnError) {
 // everywhere, the sample grids included, and counts them.
 TEST_F(TinyRun, UnreadableFilesFirstInTheFolderAreSkippedEvenForSampleGrids) {
   for (const auto& folder : {root / "content", root / "style"}) {
-    std::vector<uchar> jpeg;
-    cv::imencode(".jpg", cv::imread((folder / "img0.png").string()), jpeg);
+    const auto jpeg = atelier::testing_support::encode_bgr(".jpg", atelier::testing_support::read_bgr(folder / "img0.png"));
     std::ofstream(folder / "0-truncated.jpg", std::ios::binary)
         .write(reinterpret_cast<const char*>(jpeg.data()), static_cast<std::streamsize>(jpeg.size() / 3));
     std::ofstream(folder / "0-random.jpg", std::ios::binary) << std::string("\x13\x37 random bytes \xff\x00", 18);
