@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from step_timing import channels_last, forward_passes, report_median_step
+from step_timing import channels_last, forward_passes, report_median_step, use_device
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -90,9 +90,12 @@ def main():
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    global MEAN, STD
+    MEAN, STD = MEAN.to(use_device(a.device)), STD.to(a.device)
     enc, dec, disc = Encoder(a.width), decoder(a.width), discriminator(a.width)
     opt_g = torch.optim.Adam(dec.parameters(), 2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), 2e-4, betas=(0.5, 0.999))
@@ -102,7 +105,7 @@ def main():
         content, style = channels_last((enc, dec, disc), (content, style))
 
     def step():
-        with forward_passes(a.precision):
+        with forward_passes(a.precision, a.device):
             with torch.no_grad():
                 sf = enc.features(style)
                 t = adain(enc.features(content)[-1], sf[-1])
@@ -114,7 +117,7 @@ def main():
         loss_d.backward()
         opt_d.step()
         opt_g.zero_grad()
-        with forward_passes(a.precision):
+        with forward_passes(a.precision, a.device):
             g_logits = disc(fake)
             adv = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
             of = enc.features(fake)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import atelier_models  # noqa: E402
-from step_timing import channels_last, forward_passes, report_median_step  # noqa: E402
+from step_timing import channels_last, forward_passes, report_median_step, use_device  # noqa: E402
 
 
 class ImagePool:
@@ -123,10 +123,12 @@ def main():
     ap.add_argument("--transposed-conv", choices=["torch", "conv-gradient"], default="torch")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     random.seed(0)
+    use_device(a.device)
     g_a, g_b = atelier_models.ResnetGenerator(a.width, a.blocks), atelier_models.ResnetGenerator(a.width, a.blocks)
     d_a, d_b = atelier_models.PatchDiscriminator(a.width), atelier_models.PatchDiscriminator(a.width)
     if a.transposed_conv == "conv-gradient":
@@ -150,7 +152,7 @@ def main():
     def step():
         set_requires_grad([d_a, d_b], False)
         opt_g.zero_grad()
-        with forward_passes(a.precision):
+        with forward_passes(a.precision, a.device):
             fake_b = g_a(real_a)
             rec_a = g_b(fake_b)
             fake_a = g_b(real_b)
@@ -163,11 +165,11 @@ def main():
         opt_g.step()
         set_requires_grad([d_a, d_b], True)
         opt_d.zero_grad()
-        with forward_passes(a.precision):
+        with forward_passes(a.precision, a.device):
             pooled_b = pool_b.query(fake_b)
             loss_d_a = 0.5 * (lsgan(d_a(real_b), True) + lsgan(d_a(pooled_b.detach()), False))
         loss_d_a.backward()
-        with forward_passes(a.precision):
+        with forward_passes(a.precision, a.device):
             pooled_a = pool_a.query(fake_a)
             loss_d_b = 0.5 * (lsgan(d_b(real_a), True) + lsgan(d_b(pooled_a.detach()), False))
         loss_d_b.backward()

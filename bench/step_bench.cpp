@@ -11,6 +11,9 @@
 #include <string>
 #include <vector>
 
+#include <torch/cuda.h>
+
+#include "comm/comm.h"
 #include "trainer/gan_model.h"
 
 namespace {
@@ -39,7 +42,7 @@ atelier::trainer::Config config_of(const std::string& family, const Options& o) 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string family = "adain", precision = "fp32";
+  std::string family = "adain", precision = "fp32", device_name = "cpu";
   bool channels_last = false;
   Options given{};
   CLI::App app{"training step benchmark (C++)"};
@@ -53,7 +56,10 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", given.warmup, "untimed steps first");
   app.add_option("--precision", precision, "fp32, or bf16 (autocast)")->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_flag("--channels-last", channels_last, "weights and images in NHWC memory order");
+  app.add_option("--device", device_name, "cpu, cuda or cuda:N")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  const torch::Device device =
+      atelier::comm::choose_device(device_name, atelier::comm::Environment{}, atelier::comm::device_facts()).device;
   Options o = defaults_of(family);
   for (auto [name, from, to] : {std::tuple{"--width", &given.width, &o.width}, {"--blocks", &given.blocks, &o.blocks},
                                 {"--size", &given.size, &o.size}, {"--batch", &given.batch, &o.batch},
@@ -66,15 +72,16 @@ int main(int argc, char** argv) {
   auto config = config_of(family, o);
   config.train.precision = precision == "bf16" ? atelier::trainer::Precision::BF16 : atelier::trainer::Precision::FP32;
   config.train.channels_last = channels_last;
-  const auto model = atelier::trainer::make_model(config, nullptr);
-  const auto a = torch::rand({o.batch, 3, o.size, o.size}) * 2 - 1;
-  const auto b = torch::rand({o.batch, 3, o.size, o.size}) * 2 - 1;
+  const auto model = atelier::trainer::make_model(config, nullptr, device);
+  const auto a = (torch::rand({o.batch, 3, o.size, o.size}) * 2 - 1).to(device);
+  const auto b = (torch::rand({o.batch, 3, o.size, o.size}) * 2 - 1).to(device);
 
   for (int64_t i = 0; i < o.warmup; ++i) model->step(a, b, 1.0);
   std::vector<double> ms;
   for (int64_t i = 0; i < o.steps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    model->step(a, b, 1.0);
+    model->step(a, b, 1.0);  // returns losses read with .item(): the device has finished
+    if (device.is_cuda()) torch::cuda::synchronize();
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());

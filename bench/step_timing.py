@@ -1,5 +1,5 @@
 """What both Python step baselines share (adain_step.py, cyclegan_step.py):
-the timing, and the --precision / --channels-last options."""
+the timing, and the --precision / --channels-last / --device options."""
 import contextlib
 import statistics
 import time
@@ -7,10 +7,18 @@ import time
 import torch
 
 
-def forward_passes(precision):
+def use_device(device):
+    """Creates every later tensor and module on `device` ("cpu", "cuda", "cuda:N"):
+    the default device of PyTorch 2 (Debian's 1.13, CPU-only, needs none)."""
+    if torch.device(device).type != "cpu":
+        torch.set_default_device(device)
+    return torch.device(device)
+
+
+def forward_passes(precision, device="cpu"):
     """The context of the step's forward passes: bf16 autocast, as atelier's train.precision: bf16."""
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -26,6 +34,6 @@ def report_median_step(step, steps):
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        step()
+        step()  # returns a loss .item(): the device has finished the step
         times.append((time.perf_counter() - t0) * 1000)
     print(f"python median_ms={statistics.median(times):.3f} steps={steps}")

@@ -5,7 +5,9 @@
 #include <sstream>
 
 #include "comm/comm.h"
+#ifdef ATELIER_MPI
 #include "comm/mpi_communicator.h"
+#endif
 #ifdef ATELIER_NCCL
 #include "comm/nccl_communicator.h"
 #endif
@@ -36,7 +38,7 @@ class LocalCommunicator final : public Communicator {
 std::string exchange_nccl_id(const Environment& env, Communicator* bootstrap, std::chrono::milliseconds timeout) {
 #ifndef ATELIER_NCCL
   (void)env, (void)bootstrap, (void)timeout;
-  throw CommError("this build has no NCCL backend (built: mpi): build with the CUDA toolkit and NCCL present");
+  throw CommError("this build has no NCCL backend: build with the CUDA toolkit and NCCL present");
 #else
   if (bootstrap != nullptr) {
     const auto size = static_cast<int64_t>(nccl_unique_id_bytes());
@@ -59,6 +61,18 @@ constexpr bool kNcclBuilt = true;
 #else
 constexpr bool kNcclBuilt = false;
 #endif
+#ifdef ATELIER_MPI
+constexpr bool kMpiBuilt = true;
+#else
+constexpr bool kMpiBuilt = false;
+#endif
+
+// "(built: mpi, nccl)", for refusals that depend on what this build has.
+std::string built_note() {
+  std::string list;
+  for (const auto& backend : compiled_backends()) list += (list.empty() ? "" : ", ") + backend;
+  return "(built: " + (list.empty() ? std::string("none") : list) + ")";
+}
 
 // dist.backend and the device, checked together before any library starts.
 void check_backend(const Environment& env, const CommOptions& options) {
@@ -67,8 +81,11 @@ void check_backend(const Environment& env, const CommOptions& options) {
   if (!(options.timeout_s > 0)) throw CommError("dist.timeout_s must be positive");
   const bool cuda = options.device.is_cuda();
   if (options.backend == "nccl" && !kNcclBuilt)
-    throw CommError("dist.backend nccl: this build has no NCCL backend (built: mpi); build where the CUDA toolkit "
-                    "and NCCL are found");
+    throw CommError("dist.backend nccl: this build has no NCCL backend " + built_note() +
+                    "; build where the CUDA toolkit and NCCL are found");
+  if (options.backend == "mpi" && !kMpiBuilt)
+    throw CommError("dist.backend mpi: this build has no MPI backend " + built_note() +
+                    " (configured with -DATELIER_MPI=OFF)");
   if (options.backend == "nccl" && !cuda)
     throw CommError("dist.backend nccl carries CUDA tensors, but this rank's device is " + options.device.str() +
                     " (train.device): use dist.backend mpi or auto on CPUs");
@@ -77,8 +94,13 @@ void check_backend(const Environment& env, const CommOptions& options) {
                     ": use dist.backend nccl (or auto)");
   if (options.backend == "auto" && cuda && env.world_size > 1 && !kNcclBuilt)
     throw CommError(std::to_string(env.world_size) + " ranks on " + options.device.str() +
-                    " need the NCCL backend, which this build does not have (built: mpi): run one rank per job on "
-                    "the GPU, or train.device=cpu");
+                    " need the NCCL backend, which this build does not have " + built_note() +
+                    ": run one rank per job on the GPU, or train.device=cpu");
+  const bool mpi_launched = env.launcher == Launcher::Mpi || env.launcher == Launcher::Slurm;
+  if (mpi_launched && env.world_size > 1 && !kMpiBuilt)
+    throw CommError("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
+                    " was started by mpirun or srun, but this build has no MPI backend " + built_note() +
+                    ": rebuild with MPI (-DATELIER_MPI=ON), or start GPU ranks with torchrun-style variables");
 }
 
 }  // namespace
@@ -90,20 +112,26 @@ std::shared_ptr<Communicator> make_communicator(const Environment& env, const Co
 #ifdef ATELIER_NCCL
   if (nccl) {
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000));
+#ifdef ATELIER_MPI
     if (mpi_launched) {
       // MPI only carries the unique id; it stays initialised until exit.
       MpiCommunicator mpi(options.timeout_s);
       return std::make_shared<NcclCommunicator>(mpi.rank(), mpi.world_size(), exchange_nccl_id(env, &mpi, timeout),
                                                 options.device, options.timeout_s);
     }
+#endif
     return std::make_shared<NcclCommunicator>(env.rank, env.world_size, exchange_nccl_id(env, nullptr, timeout),
                                               options.device, options.timeout_s);
   }
 #else
   (void)nccl;  // check_backend refused every NCCL case
 #endif
+#ifdef ATELIER_MPI
   if (mpi_launched) return std::make_shared<MpiCommunicator>(options.timeout_s);
   if (options.backend == "mpi" && env.world_size == 1) return std::make_shared<MpiCommunicator>(options.timeout_s);
+#else
+  (void)mpi_launched;  // check_backend refused multi-rank MPI jobs; one rank needs no MPI
+#endif
   if (env.world_size == 1) return std::make_shared<LocalCommunicator>();
   // torchrun-style variables without MPI: the TCP rendezvous bootstraps
   // NCCL, whose collectives need GPUs.
@@ -113,6 +141,10 @@ std::shared_ptr<Communicator> make_communicator(const Environment& env, const Co
                                            : std::string("this build has no NCCL")) +
                   "): launch CPU jobs with mpirun or `atelier launch -n N`");
 }
+
+#ifndef ATELIER_MPI
+void abort_job(int) noexcept {}  // without MPI a job is one process: nothing to end but this one
+#endif
 
 std::vector<std::string> all_gather_strings(Communicator& comm, const std::string& text) {
   const auto lengths = comm.all_gather(torch::tensor({static_cast<int64_t>(text.size())}));

@@ -68,7 +68,10 @@ DeviceChoice choose_device(const std::string& requested, const Environment& env,
 }
 
 std::vector<std::string> compiled_backends() {
-  std::vector<std::string> backends{"mpi"};
+  std::vector<std::string> backends;
+#ifdef ATELIER_MPI
+  backends.push_back("mpi");
+#endif
 #ifdef ATELIER_NCCL
   backends.push_back("nccl");
 #endif
