@@ -17,6 +17,7 @@ namespace {
 constexpr const char* kTrainerState = "trainer_state.json";
 constexpr const char* kConfig = "config.yaml";
 constexpr const char* kRankRng = "rng.pt";
+constexpr const char* kRankCudaRng = "cuda_rng.pt";  // GPU runs: the rank's device generator
 constexpr const char* kRankState = "state.json";
 
 nlohmann::json cursor_json(const data::Cursor& c) { return {{"epoch", c.epoch}, {"index", c.index}}; }
@@ -38,6 +39,25 @@ std::string rng_bytes() {
   std::ostringstream out;
   torch::save(at::detail::getDefaultCPUGenerator().get_state(), out);
   return out.str();
+}
+
+// The state of `device`'s default generator (a CUDA one), as a host tensor.
+std::string device_rng_bytes(const torch::Device& device) {
+  std::ostringstream out;
+  torch::save(at::globalContext().defaultGenerator(device).get_state(), out);
+  return out.str();
+}
+
+// A GPU checkpoint resumed on a GPU gets its device generator back; on a CPU
+// it has none to restore, and a CPU checkpoint resumed on a GPU keeps the
+// generator seeded from train.seed (nothing on the device was drawn yet).
+void restore_device_rng(const fs::path& checkpoint_dir, int rank, const torch::Device& device) {
+  const auto path = checkpoint_dir / ("rank-" + std::to_string(rank)) / kRankCudaRng;
+  if (!device.is_cuda() || !fs::exists(path)) return;
+  torch::Tensor state;
+  torch::load(state, path.string());
+  at::Generator generator = at::globalContext().defaultGenerator(device);
+  generator.set_state(state);
 }
 
 // This rank's generator state; checkpoints written before per-rank files
@@ -76,6 +96,7 @@ checkpoint::SaveRequest checkpoint_request(GanModel& gan, const RunPosition& pos
   request.shared.push_back({kTrainerState, state.dump(2) + "\n", {}});
   request.shared.push_back({kConfig, config.yaml, {}});
   request.own.push_back({kRankRng, rng_bytes(), {}});
+  if (gan.device().is_cuda()) request.own.push_back({kRankCudaRng, device_rng_bytes(gan.device()), {}});
   request.own.push_back({kRankState, nlohmann::json{{"cursor", cursor_json(position.cursor)}}.dump(2) + "\n", {}});
   for (auto& file : gan.snapshot_own()) request.own.push_back(std::move(file));
   return request;
@@ -104,6 +125,7 @@ Restored restore_checkpoint(const fs::path& checkpoint_dir, GanModel& gan, int r
                        "'s data cursor differs from the run's");
   }
   if (share.same_world()) restore_rng(checkpoint_dir, rank);
+  if (share.same_world()) restore_device_rng(checkpoint_dir, rank, gan.device());
   else torch::manual_seed(resumed_rank_seed(seed, restored.position.step, rank));
   return restored;
 }

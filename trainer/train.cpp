@@ -4,6 +4,7 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <iomanip>
 #include <optional>
@@ -347,6 +348,19 @@ void check_sources(const Config& config) {
 
 }  // namespace
 
+std::string apply_numerics(const TrainOptions& train) {
+  auto& context = at::globalContext();
+  context.setAllowTF32CuDNN(train.tf32);
+  context.setAllowTF32CuBLAS(train.tf32);
+  context.setDeterministicCuDNN(train.deterministic);
+  context.setBenchmarkCuDNN(false);
+  context.setDeterministicAlgorithms(train.deterministic, /*warn_only=*/false);
+  // cuBLAS reads it when its first handle is made, which is later.
+  if (train.deterministic) setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+  return std::string("tf32 ") + (train.tf32 ? "on" : "off") + ", deterministic " +
+         (train.deterministic ? "on" : "off");
+}
+
 std::string build_info() {
   const auto facts = comm::device_facts();
   std::string backends;
@@ -384,6 +398,8 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   }
 
   torch::set_num_threads(static_cast<int>(config.train.threads));
+  const std::string numerics = apply_numerics(config.train);
+  if (leader) spdlog::info("numerics {}", numerics);
   torch::manual_seed(config.train.seed);
   const auto loader_opts = loader_options(config, *run.comm);
   const auto model = make_model(config, run.comm, run.device);

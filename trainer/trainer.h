@@ -91,6 +91,8 @@ struct TrainOptions {
   std::string device = "auto";  // auto | cpu | cuda | cuda:N (comm::choose_device)
   Precision precision = Precision::FP32;  // of the step's forward passes (see Precision)
   bool channels_last = false;  // weights and batches in NHWC memory order (GPU tensor cores prefer it)
+  bool tf32 = false;           // TF32 tensor-core math for fp32 convolutions and matmuls (CUDA, Ampere on)
+  bool deterministic = false;  // deterministic cuDNN and algorithms: a GPU run resumes bit-identically
   uint64_t seed = 0;         // weights, data order and augmentation derive from it
   int64_t log_every = 10;    // a log line (and TensorBoard scalars) every N steps
   int64_t sample_every = 100;  // a sample grid every N steps (and at the end)
@@ -177,5 +179,12 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
 // a line: atelier's version; LibTorch's, and whether it has CUDA (and how
 // many GPUs it sees); the communication backends compiled in.
 std::string build_info();
+
+// Sets LibTorch's process-wide numerics from train.tf32 (cuDNN and cuBLAS
+// TF32) and train.deterministic (deterministic algorithms and cuDNN, no
+// cuDNN autotuning, CUBLAS_WORKSPACE_CONFIG=:4096:8 unless already set, as
+// PyTorch's reproducibility notes ask). Returns them in words for the log.
+// Off by default, as in PyTorch; on CPUs neither changes a result.
+std::string apply_numerics(const TrainOptions& train);
 
 }  // namespace atelier::trainer

@@ -84,6 +84,23 @@ TEST_F(Env, TorchrunVariablesIncludingMaster) {
   EXPECT_EQ(env.master_port, 29501);
 }
 
+// `atelier submit --gpus-per-node 4` runs one task per GPU under srun: each
+// rank's device follows from SLURM's variables alone (the GPUs are the
+// node's four, visible to every task).
+TEST_F(Env, UnderSrunEachRankPicksTheGpuOfItsSlurmLocalId) {
+  const DeviceFacts four_gpus{true, 4, std::string("0,1,2,3")};
+  for (int local = 0; local < 4; ++local) {
+    const std::string procid = std::to_string(4 + local), localid = std::to_string(local);
+    ScopedEnv vars{{"SLURM_PROCID", procid.c_str()}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", localid.c_str()},
+                   {"SLURM_NTASKS_PER_NODE", "4"}};
+    const auto env = detect_environment();
+    EXPECT_EQ(choose_device("cuda", env, four_gpus).device, torch::Device(torch::kCUDA, local)) << local;
+    EXPECT_EQ(choose_device("auto", env, four_gpus).device, torch::Device(torch::kCUDA, local)) << local;
+  }
+  ScopedEnv vars{{"SLURM_PROCID", "4"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "3"}, {"SLURM_NTASKS_PER_NODE", "4"}};
+  EXPECT_THROW(choose_device("cuda", detect_environment(), DeviceFacts{true, 2, std::string("0,1")}), CommError);
+}
+
 // Ranks per node, which device selection checks against the GPUs visible.
 TEST_F(Env, EachLauncherSaysHowManyRanksShareTheNode) {
   {

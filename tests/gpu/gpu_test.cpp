@@ -88,7 +88,7 @@ TEST_P(GpuFamilies, Bf16StepsOnCuda0AreFinite) {
   for (const auto& t : gpu.state) EXPECT_TRUE(torch::isfinite(t).all().item<bool>());
 }
 
-INSTANTIATE_TEST_SUITE_P(Both, GpuFamilies, ::testing::Values("adain_gan", "cyclegan"));
+INSTANTIATE_TEST_SUITE_P(Both, GpuFamilies, ::testing::Values("adain", "cyclegan"));
 
 // NCCL at world size 1 through the TCP rendezvous (torchrun-style
 // variables), as on a one-GPU machine: all-reduce and broadcast keep the
@@ -159,7 +159,26 @@ TEST_F(GpuRun, AGpuCheckpointResumesOnTheCpu) {
   const auto cpu = launcher::run_atelier("train --resume" + testing_support::tiny_train_args(root, "r", 3, 2, 3) +
                                          " --set train.device=cpu");
   ASSERT_EQ(cpu.status, 0) << cpu.output;
+  EXPECT_TRUE(fs::exists(root / "runs" / "r" / "checkpoints" / "step-2" / "rank-0" / "cuda_rng.pt"));
   EXPECT_TRUE(fs::exists(root / "runs" / "r" / "checkpoints" / "step-3")) << cpu.output;
+  EXPECT_FALSE(fs::exists(root / "runs" / "r" / "checkpoints" / "step-3" / "rank-0" / "cuda_rng.pt"));
+}
+
+// train.deterministic on the GPU: 2 steps, a resume, 2 more give the
+// parameters of 4 uninterrupted steps, bit for bit.
+TEST_F(GpuRun, ADeterministicGpuRunResumesBitIdentically) {
+  REQUIRE_GPU();
+  const std::string gpu = " --set train.device=cuda --set train.deterministic=true";
+  auto whole = launcher::run_atelier("train" + testing_support::tiny_train_args(root, "whole", 4, 2, 2) + gpu);
+  ASSERT_EQ(whole.status, 0) << whole.output;
+  auto half = launcher::run_atelier("train" + testing_support::tiny_train_args(root, "split", 2, 2, 2) + gpu);
+  ASSERT_EQ(half.status, 0) << half.output;
+  auto rest = launcher::run_atelier("train --resume" + testing_support::tiny_train_args(root, "split", 4, 2, 2) + gpu);
+  ASSERT_EQ(rest.status, 0) << rest.output;
+  const auto a = testing_support::checkpoint_parameters(root / "runs" / "whole" / "checkpoints" / "step-4");
+  const auto b = testing_support::checkpoint_parameters(root / "runs" / "split" / "checkpoints" / "step-4");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, value] : a) EXPECT_TRUE(torch::equal(value, b.at(name))) << name;
 }
 
 }  // namespace

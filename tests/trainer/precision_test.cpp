@@ -55,6 +55,32 @@ double max_difference(const std::vector<torch::Tensor>& x, const std::vector<tor
   return worst;
 }
 
+// train.tf32 and train.deterministic set LibTorch's process-wide flags, and
+// back; under deterministic algorithms every op of both families' step runs
+// (LibTorch throws for an op without a deterministic kernel) and computes
+// what it computed before, on the CPU bit for bit.
+TEST(Numerics, Tf32AndDeterministicSetLibTorchsFlagsAndEveryStepOpHasADeterministicKernel) {
+  TrainOptions on;
+  on.tf32 = true;
+  on.deterministic = true;
+  EXPECT_EQ(apply_numerics(on), "tf32 on, deterministic on");
+  EXPECT_TRUE(at::globalContext().allowTF32CuDNN());
+  EXPECT_TRUE(at::globalContext().deterministicAlgorithms());
+  EXPECT_TRUE(at::globalContext().deterministicCuDNN());
+  ASSERT_NE(std::getenv("CUBLAS_WORKSPACE_CONFIG"), nullptr);
+  for (const std::string family : {"adain", "cyclegan"}) {
+    const auto deterministic = two_steps(tiny(family));
+    apply_numerics(TrainOptions{});
+    const auto free = two_steps(tiny(family));
+    apply_numerics(on);
+    EXPECT_EQ(max_difference(deterministic.state, free.state), 0.0) << family;
+  }
+  EXPECT_EQ(apply_numerics(TrainOptions{}), "tf32 off, deterministic off");
+  EXPECT_FALSE(at::globalContext().allowTF32CuDNN());
+  EXPECT_FALSE(at::globalContext().deterministicAlgorithms());
+  EXPECT_FALSE(at::globalContext().deterministicCuDNN());
+}
+
 class Families : public ::testing::TestWithParam<std::string> {};
 
 // Under bf16 the losses move (the convolutions ran in bf16) but stay within
