@@ -105,11 +105,14 @@ struct EvalSet {
   torch::Tensor content;              // [n, 3, S, S]: this rank's content images (n <= slots, may be 0)
   torch::Tensor style;                // [n, 3, S, S]: this rank's style images, pair by pair
   std::vector<int64_t> style_of_pair; // style image id of every pair of the whole set (all ranks)
+  int64_t skipped_files = 0;          // listed images that could not be decoded, left out
 };
 
-// Lists the images, plans the pairs and decodes this rank's share. Throws
-// EvalError naming an empty or missing folder (and whether it was the
-// content or the style source) or an unreadable image.
+// Lists the images, leaves out those that cannot be decoded (rank 0 warns
+// once per file, naming it and why; every rank decides alike, so all agree
+// on the pairs), plans the pairs and decodes this rank's share. Throws
+// EvalError naming an empty or missing folder, or sources of which no file
+// decodes (and whether it was the content or the style source).
 EvalSet load_eval_set(const EvalSetOptions& options, int rank, int world_size);
 
 // This rank's share of pairs given as tensors: content and style [N, 3, S, S]

@@ -1,5 +1,6 @@
 // Evaluating a generator on a fixed set of (content, style) pairs: which
 // pairs, which rank measures which, and how the ranks' rows become one result.
+#include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
 #include <functional>
@@ -196,22 +197,51 @@ std::vector<Pair> plan_pairs(int64_t content_count, int64_t style_count, int64_t
   return pairs;
 }
 
+namespace {
+
+// The files that decode. Each unreadable one is left out and counted (and
+// warned about when `warn`); none left is an error naming the sources.
+std::vector<std::string> readable_images(const std::vector<std::string>& files, const std::vector<std::string>& sources,
+                                         const char* what, bool warn, int64_t& skipped) {
+  std::vector<std::string> kept;
+  for (const auto& file : files) {
+    try {
+      data::decode_image(file);
+      kept.push_back(file);
+    } catch (const data::DataError& e) {
+      if (warn) spdlog::warn("skipping {} image: {}", what, e.what());
+      ++skipped;
+    }
+  }
+  if (kept.empty()) {
+    std::string named;
+    for (const auto& source : sources) named += (named.empty() ? "'" : ", '") + source + "'";
+    throw EvalError(std::string(what) + " images: none of the " + std::to_string(files.size()) + " image files in " +
+                    named + " can be decoded");
+  }
+  return kept;
+}
+
+}  // namespace
+
 EvalSet load_eval_set(const EvalSetOptions& options, int rank, int world_size) {
   if (options.size < 16 || options.size % 8 != 0)
     throw EvalError("evaluation image size " + std::to_string(options.size) +
                     " must be a multiple of 8 and at least 16 (SSIM's window is 11 pixels)");
-  auto list = [](const std::vector<std::string>& sources, const char* what) {
+  EvalSet set;
+  auto list = [&](const std::vector<std::string>& sources, const char* what) {
+    std::vector<std::string> files;
     try {
-      return data::list_images(sources);
+      files = data::list_images(sources);
     } catch (const data::DataError& e) {
       throw EvalError(std::string(what) + " images: " + e.what());
     }
+    return readable_images(files, sources, what, rank == 0, set.skipped_files);
   };
   const auto content_files = list(options.content, "content");
   const auto style_files = list(options.style, "style");
   const auto pairs = plan_pairs(static_cast<int64_t>(content_files.size()),
                                 static_cast<int64_t>(style_files.size()), options.pairs);
-  EvalSet set;
   set.total_pairs = static_cast<int64_t>(pairs.size());
   set.slots = (set.total_pairs + world_size - 1) / world_size;
   for (const auto& p : pairs) set.style_of_pair.push_back(p.style);

@@ -108,7 +108,8 @@ struct Measured {
   }
 };
 
-json to_json(const EvaluateArgs& args, const Measured& measured, int64_t size, const evaluate::EvalResult& result) {
+json to_json(const EvaluateArgs& args, const Measured& measured, int64_t size, const evaluate::EvalResult& result,
+             int64_t skipped_files) {
   const bool imagenet = result.distance_name == "VGG-FID";
   json out = {{"checkpoint", measured.checkpoint},
               {"step", measured.step},
@@ -117,6 +118,7 @@ json to_json(const EvaluateArgs& args, const Measured& measured, int64_t size, c
               {"style", args.style},
               {"pairs", result.pairs},
               {"style_images", result.style_images},
+              {"skipped_files", skipped_files},
               {"size", size},
               {"loss_network",
                {{"weights", imagenet ? "imagenet" : "random"},
@@ -275,7 +277,7 @@ int run_evaluate(const EvaluateArgs& args) {
     result = evaluate_checkpoint(args, dir, config, set, *comm, options, device.device);
   }
   if (comm->rank() != 0) return 0;  // every rank has the result; rank 0 reports it
-  const auto report = to_json(args, measured, size, result);
+  const auto report = to_json(args, measured, size, result, set.skipped_files);
   write_report(args.out, report);
   print_table(report, measured, result);
   if (!args.compare.empty()) print_comparison(report, other, result, args.compare);

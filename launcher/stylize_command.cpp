@@ -301,10 +301,17 @@ int run_stylize(const StylizeArgs& args) {
   }
   for (auto& [shape, pending] : by_shape)
     if (!pending.images.empty()) write_batch(model, pending, args, progress);
+  if (unreadable == jobs.size()) {
+    spdlog::error("none of the {} content images in '{}' could be read (see the warnings above)", jobs.size(),
+                  args.content);
+    return kExitFailure;
+  }
   std::cout << "Stylized " << jobs.size() - unreadable << " image(s) into " << args.out << "\n";
-  if (unreadable == 0) return 0;
-  spdlog::error("{} of {} content images could not be read (see the warnings above)", unreadable, jobs.size());
-  return kExitFailure;
+  // Like train and evaluate: unreadable files are skipped and counted, not fatal.
+  if (unreadable > 0)
+    spdlog::warn("skipped {} of {} content images that could not be read (see the warnings above)", unreadable,
+                 jobs.size());
+  return 0;
 }
 
 }  // namespace

@@ -62,6 +62,9 @@ HeldOutEvaluation::HeldOutEvaluation(const Config& config, const comm::Communica
                                        config.data.augment.crop_size};
   try {
     state_->set = evaluate::load_eval_set(set_options, comm.rank(), comm.world_size());
+    if (state_->set.skipped_files > 0 && comm.rank() == 0)
+      spdlog::warn("held-out evaluation: {} unreadable image file(s) left out of eval.content / eval.style",
+                   state_->set.skipped_files);
   } catch (const evaluate::EvalError& e) {
     throw TrainError(std::string("eval.content / eval.style / eval.pairs: ") + e.what());
   }

@@ -40,6 +40,25 @@ class EvaluateCli : public ::testing::Test {
 };
 TinyCheckpoint* EvaluateCli::tiny = nullptr;
 
+// A content folder whose first files cannot be decoded: evaluated without
+// them, each named in a warning and counted in the report.
+TEST_F(EvaluateCli, UnreadableFilesFirstInTheFolderAreSkippedAndCounted) {
+  const auto mixed = tiny->root / "mixed";
+  fs::create_directories(mixed);
+  for (const auto& entry : fs::directory_iterator(tiny->root / "content")) fs::copy(entry.path(), mixed / entry.path().filename());
+  std::ofstream(mixed / "0-random.jpg", std::ios::binary) << std::string("\x13\x37 random bytes \xff\x00", 18);
+  std::ofstream(mixed / "0-text.png") << "this is not a PNG\n";
+  const auto ran = run_atelier("evaluate --checkpoint " + tiny->run_dir.string() + " --content " + mixed.string() +
+                               " --style " + (tiny->root / "style").string() + " --out " + out("mixed.json").string());
+  ASSERT_EQ(ran.status, 0) << ran.output;
+  for (const char* name : {"0-random.jpg", "0-text.png"})
+    EXPECT_NE(ran.output.find(std::string("skipping content image: cannot decode image '") + (mixed / name).string()),
+              std::string::npos) << ran.output;
+  const auto mixed_report = report(out("mixed.json"));
+  EXPECT_EQ(mixed_report["skipped_files"], 2);
+  EXPECT_EQ(mixed_report["pairs"], 6);
+}
+
 TEST_F(EvaluateCli, WritesAReportAndATableAndComparesWithAnotherCheckpoint) {
   const auto first = run_atelier("evaluate --checkpoint " + tiny->run_dir.string() + sources() + " --out " +
                                  out("trained.json").string());
@@ -49,6 +68,7 @@ TEST_F(EvaluateCli, WritesAReportAndATableAndComparesWithAnotherCheckpoint) {
   const auto trained = report(out("trained.json"));
   EXPECT_EQ(trained["pairs"], 6);  // 3 content x 2 style images
   EXPECT_EQ(trained["style_images"], 2);
+  EXPECT_EQ(trained["skipped_files"], 0);
   EXPECT_EQ(trained["step"], 2);
   EXPECT_EQ(trained["size"], 32);  // the checkpoint's crop size
   EXPECT_EQ(trained["loss_network"]["distance"], "random-VGG FD");

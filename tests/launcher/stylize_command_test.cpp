@@ -97,6 +97,29 @@ TEST_F(Stylize, FolderInGivesFolderOutNamedAfterEachImage) {
   EXPECT_LT(max_diff(data::load_image(single), data::load_image((out / "odd.png").string())), 1.01f * kLevel);
 }
 
+// Unreadable files first in sort order: each skipped with a warning naming
+// it, counted, the rest stylized (exit 0); a folder of nothing else fails
+// naming the folder.
+TEST_F(Stylize, AFolderWithUnreadableFilesSkipsAndCountsThem) {
+  const auto mixed = tiny.root / "mixed";
+  fs::create_directories(mixed);
+  std::ofstream(mixed / "0-random.jpg", std::ios::binary) << std::string("\x13\x37 random bytes \xff\x00", 18);
+  std::ofstream(mixed / "0-text.png") << "this is not a PNG\n";
+  const auto none = stylize("--content " + mixed.string() + " --style " + style("style-b.png") + " --out " +
+                            (tiny.root / "none-out").string());
+  EXPECT_EQ(none.status, 1) << none.output;
+  EXPECT_NE(none.output.find("none of the 2 content images in '" + mixed.string() + "'"), std::string::npos)
+      << none.output;
+  fs::copy_file(images / "even.png", mixed / "even.png");
+  const auto out = tiny.root / "mixed-out";
+  const auto ran = stylize("--content " + mixed.string() + " --style " + style("style-b.png") + " --out " + out.string());
+  ASSERT_EQ(ran.status, 0) << ran.output;
+  for (const char* name : {"0-random.jpg", "0-text.png"})
+    EXPECT_NE(ran.output.find("cannot decode image '" + (mixed / name).string() + "'"), std::string::npos) << ran.output;
+  EXPECT_NE(ran.output.find("skipped 2 of 3 content images"), std::string::npos) << ran.output;
+  EXPECT_TRUE(fs::exists(out / "even.png"));
+}
+
 TEST_F(Stylize, MixesStylesWithTheirWeights) {
   const auto content = (images / "even.png").string();
   const auto out = (tiny.root / "mix.png").string();
@@ -165,12 +188,13 @@ TEST_F(Stylize, UnusableInputsAreRuntimeErrorsNamingThem) {
   EXPECT_EQ(ran.status, 1) << ran.output;
   EXPECT_NE(ran.output.find(missing), std::string::npos) << ran.output;
 
-  // In a folder, a bad image is skipped with a warning, the others are
-  // written, and the exit code still says something went wrong.
+  // In a folder, a bad image is skipped with a warning and counted, the
+  // others are written: as train and evaluate do, not a failure.
   fs::copy_file(broken, images / "broken.png");
   ran = stylize("--content " + images.string() + " --style " + style("style-a.png") + " --out " +
                 (tiny.root / "partial").string());
-  EXPECT_EQ(ran.status, 1) << ran.output;
+  EXPECT_EQ(ran.status, 0) << ran.output;
+  EXPECT_NE(ran.output.find("skipped 1 of 4 content images"), std::string::npos) << ran.output;
   EXPECT_NE(ran.output.find((images / "broken.png").string()), std::string::npos) << ran.output;
   EXPECT_TRUE(fs::exists(tiny.root / "partial" / "even.png"));
 }

@@ -120,7 +120,8 @@ TEST_F(TinyRun, ResumeWithoutCheckpointIsAnError) {
 
 // A folder whose first files (in sort order) cannot be decoded: random
 // bytes named .jpg, a truncated JPEG, text named .png. The run skips them
-// everywhere, the sample grids included, and counts them.
+// everywhere, the sample grids and the held-out evaluation included, and
+// counts them.
 TEST_F(TinyRun, UnreadableFilesFirstInTheFolderAreSkippedEvenForSampleGrids) {
   for (const auto& folder : {root / "content", root / "style"}) {
     const auto jpeg = atelier::testing_support::encode_bgr(".jpg", atelier::testing_support::read_bgr(folder / "img0.png"));
@@ -132,6 +133,11 @@ TEST_F(TinyRun, UnreadableFilesFirstInTheFolderAreSkippedEvenForSampleGrids) {
   auto c = tiny("unreadable", 4);
   c.train.sample_every = 2;
   c.train.sample_count = 2;
+  // The held-out evaluation reads the same folders: it skips them too.
+  c.eval.every_steps = 4;
+  c.eval.content = {(root / "content").string()};
+  c.eval.style = {(root / "style").string()};
+  c.eval.pairs = 2;
   const auto result = train(c, "train:\n  steps: 4\n", false);
   EXPECT_EQ(result.last_step, 4);
   EXPECT_TRUE(fs::exists(fs::path(result.run_dir) / "samples" / "step-000002.png"));
@@ -140,12 +146,17 @@ TEST_F(TinyRun, UnreadableFilesFirstInTheFolderAreSkippedEvenForSampleGrids) {
   // epoch's shuffle, at least some bad style ones: each counted once.
   std::ifstream metrics(fs::path(result.run_dir) / "metrics.jsonl");
   std::string line, last;
-  while (std::getline(metrics, line)) last = line;
+  bool evaluated = false;
+  while (std::getline(metrics, line)) {
+    if (line.find("\"skipped_files\":") != std::string::npos) last = line;
+    evaluated = evaluated || line.find("\"eval/ssim_rgb\"") != std::string::npos;
+  }
   const auto at = last.find("\"skipped_files\":");
   ASSERT_NE(at, std::string::npos) << last;
   const double skipped = std::stod(last.substr(at + 16));
   EXPECT_GE(skipped, 3) << last;
   EXPECT_LE(skipped, 6) << last;
+  EXPECT_TRUE(evaluated) << "no held-out evaluation in metrics.jsonl";
 }
 
 TEST_F(TinyRun, AFolderOfOnlyUnreadableFilesIsAnErrorNamingTheKey) {
