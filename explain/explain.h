@@ -226,8 +226,8 @@ struct ExplainOptions {
   models::GeneratorOptions generator;       // from the checkpoint's config.yaml
   models::DiscriminatorOptions discriminator;
   models::StyleStatistics style_statistics = models::StyleStatistics::MeanStd;
-  std::vector<std::string> content;         // image files
-  std::vector<std::string> style;           // image files; pairs = content x style
+  std::vector<std::string> content;         // image files or folders (unreadable files are skipped)
+  std::vector<std::string> style;           // image files or folders; pairs = content x style
   std::filesystem::path out;                // output directory
   int64_t size = 64;                        // images are centre-cropped to size x size
   std::vector<std::string> methods;         // empty = all
@@ -242,8 +242,9 @@ std::filesystem::path resolve_checkpoint(const std::filesystem::path& path);
 
 // Verifies and loads the checkpoint, explains this rank's pairs into
 // out/pair-<p>/ and returns their summaries (one JSON object per pair,
-// serialised). Throws ExplainError naming a missing checkpoint, an
-// unreadable image or an unknown method.
+// serialised). Unreadable images are skipped with a warning naming each.
+// Throws ExplainError naming a missing checkpoint, sources without a
+// readable image, or an unknown method.
 std::vector<std::string> explain_pairs(const ExplainOptions& options);
 
 // Writes summary.json, report.html (index) and pair-<p>.html from the pair

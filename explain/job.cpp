@@ -5,6 +5,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <spdlog/spdlog.h>
 
 #include "checkpoint/checkpoint.h"
 #include "data/data.h"
@@ -62,12 +63,41 @@ Networks load_networks(const ExplainOptions& options, const fs::path& dir) {
   return nets;
 }
 
-torch::Tensor load_image(const std::string& path, int64_t size, const char* role) {
+// The images of `sources` (files or folders, as data::list_images takes
+// them) at the explain size, with the files they came from.
+struct Inputs {
+  std::vector<std::string> files;
+  std::vector<torch::Tensor> images;
+};
+
+// An unreadable file is skipped with a warning naming it (from rank 0;
+// every rank skips alike, so all agree on the pairs) and counted in
+// `skipped`; sources without a readable image are an ExplainError naming them.
+Inputs read_inputs(const std::vector<std::string>& sources, const ExplainOptions& options, const char* role,
+                   int64_t& skipped) {
+  std::vector<std::string> files;
   try {
-    return data::load_centered(path, size);
+    files = data::list_images(sources);
   } catch (const data::DataError& e) {
-    throw ExplainError(std::string(role) + " image: " + e.what());
+    throw ExplainError(std::string(role) + " images: " + e.what());
   }
+  Inputs inputs;
+  for (const auto& file : files) {
+    try {
+      inputs.images.push_back(data::load_centered(file, options.size).to(options.device));
+      inputs.files.push_back(file);
+    } catch (const data::DataError& e) {
+      if (options.rank == 0) spdlog::warn("skipping {} image: {}", role, e.what());
+      ++skipped;
+    }
+  }
+  if (inputs.images.empty()) {
+    std::string named;
+    for (const auto& source : sources) named += (named.empty() ? "'" : ", '") + source + "'";
+    throw ExplainError(std::string(role) + " images: none of the " + std::to_string(files.size()) +
+                       " image files in " + named + " can be decoded");
+  }
+  return inputs;
 }
 
 void check_methods(const std::vector<std::string>& wanted) {
@@ -110,10 +140,13 @@ std::vector<std::string> explain_pairs(const ExplainOptions& options) {
   }
   torch::set_num_threads(static_cast<int>(std::max<int64_t>(1, options.threads)));
   auto nets = load_networks(options, dir);
-  // Every input is read before any work so a bad file fails in seconds.
-  std::vector<torch::Tensor> contents, styles;
-  for (const auto& path : options.content) contents.push_back(load_image(path, options.size, "content").to(options.device));
-  for (const auto& path : options.style) styles.push_back(load_image(path, options.size, "style").to(options.device));
+  // Every input is read before any work so bad inputs show in seconds.
+  int64_t skipped = 0;
+  const Inputs content = read_inputs(options.content, options, "content", skipped);
+  const Inputs style = read_inputs(options.style, options, "style", skipped);
+  if (skipped > 0 && options.rank == 0) spdlog::warn("skipped {} unreadable image file(s)", skipped);
+  const auto& contents = content.images;
+  const auto& styles = style.images;
 
   std::vector<std::string> summaries;
   const int64_t pairs = static_cast<int64_t>(contents.size() * styles.size());
@@ -133,8 +166,8 @@ std::vector<std::string> explain_pairs(const ExplainOptions& options) {
     torch::manual_seed(static_cast<uint64_t>(p));
     auto summary = nlohmann::json::parse(explain_pair(work, options.methods));
     summary["pair"] = p;
-    summary["content"] = options.content[ci];
-    summary["style"] = options.style[si];
+    summary["content"] = content.files[ci];
+    summary["style"] = style.files[si];
     summaries.push_back(summary.dump());
   }
   return summaries;

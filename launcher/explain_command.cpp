@@ -65,8 +65,13 @@ int run_explain(const ExplainArgs& args) {
   options.device = device.device;
   options.rank = comm->rank();
   options.world_size = comm->world_size();
-  spdlog::info("explaining {} ({} content x {} style images at {} px, {} rank(s), device {}) into {}", dir.string(),
-               args.content.size(), args.style.size(), options.size, comm->world_size(), device.reason, args.out);
+  const auto joined = [](const std::vector<std::string>& sources) {
+    std::string text;
+    for (const auto& source : sources) text += (text.empty() ? "" : ", ") + source;
+    return text;
+  };
+  spdlog::info("explaining {} (content {}; style {}; at {} px, {} rank(s), device {}) into {}", dir.string(),
+               joined(args.content), joined(args.style), options.size, comm->world_size(), device.reason, args.out);
   std::string mine;
   for (const auto& summary : explain::explain_pairs(options)) mine += summary + "\n";
   std::vector<std::string> summaries;
@@ -92,8 +97,8 @@ void add_explain_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--checkpoint", args->checkpoint,
                   "Checkpoint: a step-N directory, a checkpoints/LATEST file, or a run directory (its newest)")
       ->required();
-  cmd->add_option("--content", args->content, "Content images (one or more)")->required()->expected(1, -1);
-  cmd->add_option("--style", args->style, "Style images (one or more); every content x style pair is explained")
+  cmd->add_option("--content", args->content, "Content images or folders of them (one or more)")->required()->expected(1, -1);
+  cmd->add_option("--style", args->style, "Style images or folders (one or more); every content x style pair is explained")
       ->required()
       ->expected(1, -1);
   cmd->add_option("--out", args->out, "Output directory (report.html, summary.json, PNGs)")->required();

@@ -70,6 +70,32 @@ TEST_F(ExplainCli, BadInputsExitWithAMessageNamingThem) {
   EXPECT_NE(ran.output.find("b.jpg"), std::string::npos) << ran.output;
 }
 
+// A content folder whose first files cannot be decoded: each skipped with a
+// warning naming it, the readable one explained; the pairs count only it.
+TEST_F(ExplainCli, AFolderWithUnreadableFilesFirstIsExplainedWithoutThem) {
+  const auto mixed = root / "mixed";
+  fs::create_directories(mixed);
+  std::ofstream(mixed / "0-random.jpg", std::ios::binary) << std::string("\x13\x37 random bytes \xff\x00", 18);
+  std::ofstream(mixed / "0-text.png") << "this is not a PNG\n";
+  const auto only_bad = run_atelier("explain --checkpoint " + (root / "run").string() + " --content " +
+                                    mixed.string() + " --style " + (root / "a.png").string() + " --out " +
+                                    (root / "out").string() + " --size 32 --methods saliency");
+  EXPECT_EQ(only_bad.status, 1) << only_bad.output;
+  EXPECT_NE(only_bad.output.find("content images: none of the 2 image files in '" + mixed.string() + "'"),
+            std::string::npos) << only_bad.output;
+  fs::copy_file(root / "a.png", mixed / "a.png");
+  const auto ran = run_atelier("explain --checkpoint " + (root / "run").string() + " --content " + mixed.string() +
+                               " --style " + (root / "a.png").string() + " --out " + (root / "out").string() +
+                               " --size 32 --methods saliency");
+  ASSERT_EQ(ran.status, 0) << ran.output;
+  for (const char* name : {"0-random.jpg", "0-text.png"})
+    EXPECT_NE(ran.output.find("skipping content image: cannot decode image '" + (mixed / name).string()),
+              std::string::npos) << ran.output;
+  EXPECT_NE(ran.output.find("skipped 2 unreadable image file(s)"), std::string::npos) << ran.output;
+  EXPECT_TRUE(fs::exists(root / "out" / "pair-0"));
+  EXPECT_FALSE(fs::exists(root / "out" / "pair-1"));
+}
+
 std::vector<std::string> files_under(const fs::path& dir) {
   std::vector<std::string> out;
   for (const auto& entry : fs::recursive_directory_iterator(dir))
