@@ -99,7 +99,7 @@ cv::Mat decode_png(const std::vector<uchar>& bytes, std::string& why) {
     const auto u32 = [&](size_t at) {
       return uint32_t{bytes[at]} << 24 | uint32_t{bytes[at + 1]} << 16 | uint32_t{bytes[at + 2]} << 8 | bytes[at + 3];
     };
-    if (static_cast<int64_t>(u32(16)) * u32(20) > kMaxPixels) {
+    if (uint64_t{u32(16)} * u32(20) > static_cast<uint64_t>(kMaxPixels)) {  // both up to 2^32 - 1
       why = "too large (" + std::to_string(u32(16)) + " x " + std::to_string(u32(20)) + ")";
       return {};
     }
@@ -109,7 +109,7 @@ cv::Mat decode_png(const std::vector<uchar>& bytes, std::string& why) {
     why = read.message;
     return {};
   }
-  if (static_cast<int64_t>(width) * height > kMaxPixels) {
+  if (uint64_t{width} * height > static_cast<uint64_t>(kMaxPixels)) {
     why = "too large (" + std::to_string(width) + " x " + std::to_string(height) + ")";
     return {};
   }

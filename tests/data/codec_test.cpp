@@ -195,6 +195,10 @@ TEST(PngCodec, AForgedHugeHeaderIsRefusedBeforeAllocating) {
   std::string why;
   EXPECT_TRUE(decode_png(png_header(60000, 60000), why).empty());
   EXPECT_NE(why.find("too large (60000 x 60000)"), std::string::npos) << why;
+  // Found by scripts/fuzz.sh: the largest sides overflowed a signed product.
+  why.clear();
+  EXPECT_TRUE(decode_png(png_header(0xFFFFFFFFu, 0xFFFFFFFFu), why).empty());
+  EXPECT_NE(why.find("too large (4294967295 x 4294967295)"), std::string::npos) << why;
 }
 
 TEST(PngCodec, BrokenFilesAreRefusedWithAReason) {
