@@ -115,6 +115,17 @@ std::optional<nlohmann::json> read_index(const fs::path& path) {
   }
 }
 
+// An index of this version: an object whose "version" is kIndexVersion and
+// whose "records" is an array. Anything else (valid JSON of another shape
+// included: a number, a list) is not one; found by scripts/fuzz.sh, which
+// made nlohmann's value() throw its own type_error instead of a DataError.
+bool is_current_index(const nlohmann::json& index) {
+  if (!index.is_object()) return false;
+  const auto version = index.find("version"), records = index.find("records");
+  return version != index.end() && version->is_number_integer() && *version == kIndexVersion &&
+         records != index.end() && records->is_array();
+}
+
 void write_file_atomically(const fs::path& path, const std::string& bytes) {
   const fs::path tmp = path.string() + ".tmp";
   {
@@ -201,8 +212,13 @@ ShardReport write_shards(const ShardOptions& options) {
   const std::vector<std::string> files = list_images({input.string()});
   const nlohmann::json inputs = input_fingerprint(input, files);
   const auto old = read_index(output / kIndexName);
-  if (old && old->value("version", 0) == kIndexVersion && old->value("inputs", nlohmann::json()) == inputs)
-    return report_of(*old, true);
+  if (old && is_current_index(*old) && old->value("inputs", nlohmann::json()) == inputs) {
+    try {
+      return report_of(*old, true);
+    } catch (const nlohmann::json::exception&) {
+      // A damaged index of the same inputs: written again below.
+    }
+  }
 
   fs::create_directories(output);
   ShardPacker packer{output, options.shard_bytes};
@@ -269,7 +285,7 @@ ShardReader::ShardReader(const std::string& folder) : folder_(folder) {
   const fs::path index_path = fs::path(folder) / kIndexName;
   const auto index = read_index(index_path);
   if (!index) throw DataError("shard folder '" + folder + "' has no " + kIndexName + " (run `atelier shard`)");
-  if (index->value("version", 0) != kIndexVersion || !index->contains("records"))
+  if (!is_current_index(*index))
     throw DataError("shard index '" + index_path.string() + "' is not a version " + std::to_string(kIndexVersion) +
                     " atelier shard index");
   std::map<std::string, int64_t> sizes;  // checked shard files

@@ -14,7 +14,7 @@ build="${FUZZ_BUILD:-$root/build-fuzz}"
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(image_decode protocol)
+[ ${#targets[@]} -gt 0 ] || targets=(image_decode protocol shards)
 command -v clang++ >/dev/null || { echo "fuzz.sh needs clang (apt-get install clang libclang-rt-14-dev)" >&2; exit 1; }
 
 mkdir -p "$build"

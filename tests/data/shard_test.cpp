@@ -158,5 +158,20 @@ TEST_F(ServiceTest, ShardWithoutMagicIsRefused) {
   EXPECT_NE(message.find("magic"), std::string::npos) << message;
 }
 
+// Valid JSON of the wrong shape is refused as a DataError naming the index
+// (found by scripts/fuzz.sh: nlohmann's own type_error escaped before), and
+// `atelier shard` over it writes a good index again.
+TEST_F(ServiceTest, AnIndexOfTheWrongShapeIsRefusedNamingIt) {
+  shard_all();
+  const auto index = path("shards/style") / "index.json";
+  for (const char* text : {"7", "[1, 2]", "{\"version\": \"1\", \"records\": []}", "{\"version\": 1, \"records\": 3}"}) {
+    std::ofstream(index) << text;
+    const auto message = error_of([&] { data::ShardReader(path("shards/style").string()); });
+    EXPECT_NE(message.find(index.string()), std::string::npos) << text << ": " << message;
+  }
+  shard_all();
+  EXPECT_GT(data::ShardReader(path("shards/style").string()).size(), 0);
+}
+
 }  // namespace
 }  // namespace atelier::data_tests
