@@ -52,6 +52,8 @@ torch::Tensor decode_image_bytes(const std::vector<uint8_t>& bytes, const std::s
   const cv::Mat rgb = detail::decode_rgb(bytes, why);
   if (rgb.empty()) throw DataError("cannot decode image '" + name + "': " + why);
   torch::Tensor out = torch::empty({rgb.rows, rgb.cols, 3}, torch::kUInt8);
+  // copyTo into a header of the same size and type writes in place, so the
+  // tensor owns the pixels once the Mat is gone.
   cv::Mat view(rgb.rows, rgb.cols, CV_8UC3, out.data_ptr());
   rgb.copyTo(view);
   return out;

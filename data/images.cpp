@@ -311,15 +311,10 @@ std::vector<std::string> list_images(const std::vector<std::string>& sources) {
 }
 
 torch::Tensor decode_image(const std::string& path) {
+  std::vector<uchar> bytes;
   std::string why;
-  const cv::Mat rgb = detail::read_rgb(path, why);
-  if (rgb.empty()) throw DataError("cannot decode image '" + path + "': " + why);
-  torch::Tensor out = torch::empty({rgb.rows, rgb.cols, 3}, torch::kUInt8);
-  // copyTo into a header of the same size and type writes in place, so the
-  // tensor owns the pixels once the Mat is gone.
-  cv::Mat view(rgb.rows, rgb.cols, CV_8UC3, out.data_ptr());
-  rgb.copyTo(view);
-  return out;
+  if (!detail::read_bytes(path, bytes, why)) throw DataError("cannot decode image '" + path + "': " + why);
+  return decode_image_bytes(bytes, path);
 }
 
 torch::Tensor augment(const torch::Tensor& rgb, const AugmentOptions& options, uint64_t seed) {

@@ -13,6 +13,7 @@
 #include "comm/comm.h"
 #include "tests/launcher/run_atelier.h"
 #include "tests/support/pattern_images.h"
+#include "tests/support/tiny_config.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/gan_model.h"
 #include "trainer/trainer.h"
@@ -29,14 +30,8 @@ namespace fs = std::filesystem;
   } while (0)
 
 trainer::Config tiny(const std::string& family) {
-  trainer::Config c;
-  c.model.family = family;
-  c.model.generator.encoder.width = 4;
-  c.model.generator.decoder.width = 4;
-  c.model.resnet = {4, 1};
-  c.model.discriminator.width = 4;
+  trainer::Config c = testing_support::tiny_config(family);
   c.model.pool_size = 3;
-  c.train.threads = 1;
   return c;
 }
 

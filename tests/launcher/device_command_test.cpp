@@ -99,24 +99,16 @@ TEST_F(Device, CudaOnABuildWithoutCudaIsRefusedBeforeAnyWorkNamingTheReason) {
   EXPECT_FALSE(fs::exists(tiny.root / "runs" / "on-cuda"));
   const std::string images = " --content " + (tiny.root / "content" / "c0.png").string() + " --style " +
                              (tiny.root / "style" / "s0.png").string();
-  const auto stylized = run_atelier("stylize --checkpoint " + tiny.run_dir.string() + images + " --device cuda --out " +
-                                    (tiny.root / "out.png").string());
-  EXPECT_EQ(stylized.status, 2) << stylized.output;
-  EXPECT_NE(stylized.output.find("--device: device cuda: this LibTorch build has no CUDA"), std::string::npos)
-      << stylized.output;
-  EXPECT_FALSE(fs::exists(tiny.root / "out.png"));
-  const auto evaluated = run_atelier("evaluate --checkpoint " + tiny.run_dir.string() + images +
-                                     " --device cuda --out " + (tiny.root / "eval.json").string());
-  EXPECT_EQ(evaluated.status, 2) << evaluated.output;
-  EXPECT_NE(evaluated.output.find("--device: device cuda: this LibTorch build has no CUDA"), std::string::npos)
-      << evaluated.output;
-  EXPECT_FALSE(fs::exists(tiny.root / "eval.json"));
-  const auto explained = run_atelier("explain --checkpoint " + tiny.run_dir.string() + images +
-                                     " --device cuda --out " + (tiny.root / "explained").string());
-  EXPECT_EQ(explained.status, 2) << explained.output;
-  EXPECT_NE(explained.output.find("--device: device cuda: this LibTorch build has no CUDA"), std::string::npos)
-      << explained.output;
-  EXPECT_FALSE(fs::exists(tiny.root / "explained"));
+  for (const auto& [command, out] : {std::pair<std::string, fs::path>{"stylize", tiny.root / "out.png"},
+                                     {"evaluate", tiny.root / "eval.json"},
+                                     {"explain", tiny.root / "explained"}}) {
+    const auto ran = run_atelier(command + " --checkpoint " + tiny.run_dir.string() + images +
+                                 " --device cuda --out " + out.string());
+    EXPECT_EQ(ran.status, 2) << command << ": " << ran.output;
+    EXPECT_NE(ran.output.find("--device: device cuda: this LibTorch build has no CUDA"), std::string::npos)
+        << command << ": " << ran.output;
+    EXPECT_FALSE(fs::exists(out)) << command;
+  }
 }
 
 TEST_F(Device, TheRunsLogStartsWithTheBuildAndTheDeviceChosen) {

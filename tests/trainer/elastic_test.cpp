@@ -8,6 +8,7 @@
 
 #include <set>
 
+#include "tests/support/tiny_config.h"
 #include "trainer/cycle_gan.h"
 #include "trainer/elastic.h"
 #include "trainer/gan_model.h"
@@ -17,15 +18,9 @@ namespace atelier::trainer {
 namespace {
 
 Config tiny(const std::string& family) {
-  Config c;
-  c.model.family = family;
-  c.model.generator.encoder.width = 4;
-  c.model.generator.decoder.width = 4;
-  c.model.resnet = {4, 1};
-  c.model.discriminator.width = 4;
+  Config c = testing_support::tiny_config(family);
   c.model.pool_size = 6;
   c.optim.eps = 1e-4;  // see kRoundingSafeAdam in tests/support/tiny_run.h
-  c.train.threads = 1;
   return c;
 }
 

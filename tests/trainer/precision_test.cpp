@@ -10,6 +10,7 @@
 
 #include "tests/support/pattern_images.h"
 #include "tests/support/short_run.h"
+#include "tests/support/tiny_config.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/gan_model.h"
 #include "trainer/trainer.h"
@@ -19,15 +20,9 @@ namespace {
 namespace fs = std::filesystem;
 
 Config tiny(const std::string& family) {
-  Config c;
-  c.model.family = family;
-  c.model.generator.encoder.width = 4;
-  c.model.generator.decoder.width = 4;
-  c.model.resnet = {4, 1};
-  c.model.discriminator.width = 4;
+  Config c = testing_support::tiny_config(family);
   c.model.pool_size = 3;
   c.optim.eps = 1e-4;  // parameters whose gradient is ~0 then move alike in both layouts
-  c.train.threads = 1;
   return c;
 }
 
