@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
   const auto eval_style = style_images.index_select(0, torch::tensor(style_of_pair, torch::kLong));
   const auto set = atelier::evaluate::slice_eval_set(eval_content, eval_style, style_of_pair, 0, 1);
   auto local = atelier::comm::make_communicator(atelier::comm::Environment{}, {});
-  const atelier::evaluate::EvalOptions options{batch, false};
+  const atelier::evaluate::EvalOptions options{batch, "random_vgg"};
 
   gan.step(content, style, 1.0);  // warm-up: allocator, oneDNN primitives
   atelier::evaluate::evaluate(gan.generator, set, *local, options);

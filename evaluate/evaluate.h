@@ -121,9 +121,19 @@ EvalSet load_eval_set(const EvalSetOptions& options, int rank, int world_size);
 EvalSet slice_eval_set(const torch::Tensor& content, const torch::Tensor& style,
                        std::vector<int64_t> style_of_pair, int rank, int world_size);
 
+// The distances' names by loss network: "squeezenet" (SqueezeNet-FD, -KID),
+// "vgg" (VGG-19 with ImageNet weights: VGG-FID, -KID), "random_vgg" (the
+// fixed random VGG: random-VGG FD, KID; not comparable across seeds).
+std::string loss_network_key(const models::EncoderOptions& encoder);
+struct DistanceNames {
+  std::string fd_key, fd_label, kid_key, kid_label;
+};
+DistanceNames distance_names(const std::string& loss_network);
+
 struct EvalOptions {
   int64_t batch = 4;             // pairs stylised at once
-  bool imagenet_weights = false; // the encoder holds torchvision's ImageNet VGG weights (names the distance)
+  // The loss network, which names the distances (loss_network_key()).
+  std::string loss_network = "random_vgg";
 };
 
 // One named number of an evaluation.
@@ -160,7 +170,7 @@ EvalResult evaluate(models::AdaINGenerator& generator, const EvalSet& set, comm:
 // reconstruction error both ways: mean |b2a(a2b(a)) - a| and
 // |a2b(b2a(b)) - b| per pair (L1 on images in [-1, 1]) and their PSNRs
 // (group "cycle"). Same distribution of work and result as above.
-EvalResult evaluate(models::ResnetGenerator& a2b, models::ResnetGenerator& b2a, models::VGGEncoder& loss_network,
+EvalResult evaluate(models::ResnetGenerator& a2b, models::ResnetGenerator& b2a, models::Encoder& loss_network,
                     const EvalSet& set, comm::Communicator& comm, const EvalOptions& options);
 
 // The metric named `key` in `result`; throws EvalError when absent.

@@ -13,10 +13,6 @@
 namespace atelier::evaluate {
 namespace {
 
-// The encoder's style layers, in forward_features order.
-const char* const kLayers[] = {"relu1_1", "relu2_1", "relu3_1", "relu4_1"};
-constexpr int64_t kLayerCount = 4;
-
 // Per-pair metrics, in the column order of a pair's row (see measure_batch)
 // and in table order.
 struct PairMetric {
@@ -28,19 +24,20 @@ struct PairMetric {
 
 // `adain`: with the content loss against the AdaIN target; otherwise
 // (CycleGAN) with the cycle reconstruction errors instead.
-std::vector<PairMetric> pair_metrics(bool adain) {
+// The layers are the loss network's (`encoder`).
+std::vector<PairMetric> pair_metrics(bool adain, const models::EncoderImpl& encoder) {
   std::vector<PairMetric> out = {
       {"ssim_rgb", "SSIM, RGB", "content", true},
       {"ssim_y", "SSIM, luminance", "content", true},
       {"psnr_rgb", "PSNR, RGB (dB)", "content", true},
       {"psnr_y", "PSNR, luminance (dB)", "content", true},
-      {"content_loss", "content loss vs content (relu4_1)", "content", false},
+      {"content_loss", "content loss vs content (" + encoder.content_layer_name() + ")", "content", false},
   };
   if (adain) out.push_back({"content_loss_adain", "content loss vs AdaIN target", "content", false});
-  for (const char* layer : kLayers)
-    out.push_back({std::string("style_gram_") + layer, std::string("Gram loss ") + layer, "style", false});
-  for (const char* layer : kLayers)
-    out.push_back({std::string("style_meanstd_") + layer, std::string("mean/std loss ") + layer, "style", false});
+  for (const auto& layer : encoder.style_layer_names())
+    out.push_back({"style_gram_" + layer, "Gram loss " + layer, "style", false});
+  for (const auto& layer : encoder.style_layer_names())
+    out.push_back({"style_meanstd_" + layer, "mean/std loss " + layer, "style", false});
   if (!adain) {
     out.push_back({"cycle_l1_a", "cycle L1, content -> style -> content", "cycle", false});
     out.push_back({"cycle_l1_b", "cycle L1, style -> content -> style", "cycle", false});
@@ -61,27 +58,30 @@ torch::Tensor per_image_mean(const torch::Tensor& t) { return t.flatten(1).mean(
 struct Outputs {
   torch::Tensor image;                 // the output of each pair
   std::vector<torch::Tensor> f_style;  // loss-network features of the style images, every layer
-  torch::Tensor f_content;             // relu4_1 features of the content images
+  torch::Tensor f_content;             // content-layer features of the content images
   torch::Tensor target;                // AdaIN only: the decoder's input (content-loss target)
   std::vector<torch::Tensor> extra;    // [B] columns after the style losses (CycleGAN: cycle errors)
 };
 
 // One row per pair: the pair metrics (pair_metrics() order), then the pooled
-// relu4_1 features of the output, then those of the style image. float64.
-torch::Tensor measure_rows(models::VGGEncoder& encoder, const torch::Tensor& content, const Outputs& out) {
+// features of the deepest style layer of the output, then those of the
+// style image. float64.
+torch::Tensor measure_rows(models::Encoder& encoder, const torch::Tensor& content, const Outputs& out) {
   const auto& f_style = out.f_style;
-  const auto f_out = encoder->forward_features(out.image);
+  const auto encoded = encoder->encode(out.image);
+  const auto& f_out = encoded.style;
+  const auto layers = static_cast<int64_t>(f_out.size());
   std::vector<torch::Tensor> columns = {
       ssim(out.image, content),
       ssim(luminance(out.image), luminance(content)),
       psnr(out.image, content),
       psnr(luminance(out.image), luminance(content)),
-      per_image_mean((f_out.back() - out.f_content).square()),
+      per_image_mean((encoded.content - out.f_content).square()),
   };
-  if (out.target.defined()) columns.push_back(per_image_mean((f_out.back() - out.target).square()));
-  for (int64_t l = 0; l < kLayerCount; ++l)
+  if (out.target.defined()) columns.push_back(per_image_mean((encoded.content - out.target).square()));
+  for (int64_t l = 0; l < layers; ++l)
     columns.push_back(per_image_mean((models::gram_matrix(f_out[l]) - models::gram_matrix(f_style[l])).square()));
-  for (int64_t l = 0; l < kLayerCount; ++l) {
+  for (int64_t l = 0; l < layers; ++l) {
     const auto [mean_out, std_out] = models::channel_mean_std(f_out[l]);
     const auto [mean_style, std_style] = models::channel_mean_std(f_style[l]);
     columns.push_back(per_image_mean((mean_out - mean_style).square()) + per_image_mean((std_out - std_style).square()));
@@ -113,16 +113,17 @@ torch::Tensor measure_adain(models::AdaINGenerator& generator, const torch::Tens
                             const torch::Tensor& style) {
   auto& encoder = generator->encoder;
   Outputs out;
-  out.f_style = encoder->forward_features(style);
+  auto encoded_style = encoder->encode(style);
+  out.f_style = std::move(encoded_style.style);
   out.f_content = encoder->forward(content);
-  out.target = models::adain(out.f_content, out.f_style.back());
-  out.image = generator->decoder->forward(out.target);
+  out.target = models::adain(out.f_content, encoded_style.content);
+  out.image = generator->decoder->decode(out.target, content);
   return measure_rows(encoder, content, out);
 }
 
 // G_A(content) is the output; both cycles are measured on the way.
 torch::Tensor measure_cyclegan(models::ResnetGenerator& a2b, models::ResnetGenerator& b2a,
-                               models::VGGEncoder& encoder, const torch::Tensor& content, const torch::Tensor& style) {
+                               models::Encoder& encoder, const torch::Tensor& content, const torch::Tensor& style) {
   Outputs out;
   out.image = a2b->forward(content);
   out.f_style = encoder->forward_features(style);
@@ -153,20 +154,21 @@ torch::Device device_of(const torch::nn::Module& module) {
   return parameters.empty() ? torch::Device(torch::kCPU) : parameters.front().device();
 }
 
-// Adds the two set-level distances (or says why they are missing).
+// Adds the two set-level distances (or says why they are missing), named
+// by the loss network whose features they compare.
 void add_distances(EvalResult& result, const torch::Tensor& output_features, const torch::Tensor& style_features,
-                   bool imagenet) {
-  result.distance_name = imagenet ? "VGG-FID" : "random-VGG FD";
+                   const std::string& network) {
+  const auto names = distance_names(network);
+  result.distance_name = names.fd_label;
   if (output_features.size(0) < 2 || style_features.size(0) < 2) {
     result.distances_skipped = "the distances need at least 2 pairs and 2 distinct style images (got " +
                                std::to_string(output_features.size(0)) + " and " +
                                std::to_string(style_features.size(0)) + ")";
     return;
   }
-  const std::string prefix = imagenet ? "vgg_" : "random_vgg_";
-  result.metrics.push_back({prefix + (imagenet ? "fid" : "fd"), result.distance_name, "distribution",
+  result.metrics.push_back({names.fd_key, names.fd_label, "distribution",
                             frechet_distance(output_features, style_features), false});
-  result.metrics.push_back({prefix + "kid", imagenet ? "VGG-KID" : "random-VGG KID", "distribution",
+  result.metrics.push_back({names.kid_key, names.kid_label, "distribution",
                             kernel_distance(output_features, style_features), false});
 }
 
@@ -181,6 +183,17 @@ void check_set(const EvalSet& set, int world_size) {
 }
 
 }  // namespace
+
+std::string loss_network_key(const models::EncoderOptions& encoder) {
+  if (encoder.network == "squeezenet1_1") return "squeezenet";
+  return encoder.weights_path.empty() ? "random_vgg" : "vgg";
+}
+
+DistanceNames distance_names(const std::string& network) {
+  if (network == "squeezenet") return {"squeezenet_fd", "SqueezeNet-FD", "squeezenet_kid", "SqueezeNet-KID"};
+  if (network == "vgg") return {"vgg_fid", "VGG-FID", "vgg_kid", "VGG-KID"};
+  return {"random_vgg_fd", "random-VGG FD", "random_vgg_kid", "random-VGG KID"};
+}
 
 std::vector<Pair> plan_pairs(int64_t content_count, int64_t style_count, int64_t count) {
   if (content_count < 1 || style_count < 1)
@@ -316,7 +329,7 @@ EvalResult evaluate_rows(const MeasureBatch& measure, const std::vector<PairMetr
     if (seen.insert(set.style_of_pair[i]).second) first_use.push_back(i);
   result.style_images = static_cast<int64_t>(first_use.size());
   const auto style_rows = rows.index_select(0, torch::tensor(first_use, torch::kLong));
-  add_distances(result, rows.narrow(1, k, d), style_rows.narrow(1, k + d, d), options.imagenet_weights);
+  add_distances(result, rows.narrow(1, k, d), style_rows.narrow(1, k + d, d), options.loss_network);
   return result;
 }
 
@@ -328,11 +341,11 @@ EvalResult evaluate(models::AdaINGenerator& generator, const EvalSet& set, comm:
   const auto measure = [&generator](const torch::Tensor& c, const torch::Tensor& s) {
     return measure_adain(generator, c, s);
   };
-  return evaluate_rows(measure, pair_metrics(true), generator->encoder->out_channels(), set, comm, options,
-                       device_of(*generator));
+  return evaluate_rows(measure, pair_metrics(true, *generator->encoder), generator->encoder->style_channels().back(),
+                       set, comm, options, device_of(*generator));
 }
 
-EvalResult evaluate(models::ResnetGenerator& a2b, models::ResnetGenerator& b2a, models::VGGEncoder& loss_network,
+EvalResult evaluate(models::ResnetGenerator& a2b, models::ResnetGenerator& b2a, models::Encoder& loss_network,
                     const EvalSet& set, comm::Communicator& comm, const EvalOptions& options) {
   const auto device = device_of(*a2b);
   if (device_of(*b2a) != device || device_of(*loss_network) != device)
@@ -342,7 +355,8 @@ EvalResult evaluate(models::ResnetGenerator& a2b, models::ResnetGenerator& b2a, 
   const auto measure = [&](const torch::Tensor& c, const torch::Tensor& s) {
     return measure_cyclegan(a2b, b2a, loss_network, c, s);
   };
-  return evaluate_rows(measure, pair_metrics(false), loss_network->out_channels(), set, comm, options, device);
+  return evaluate_rows(measure, pair_metrics(false, *loss_network), loss_network->style_channels().back(), set, comm,
+                       options, device);
 }
 
 double metric(const EvalResult& result, const std::string& key) {

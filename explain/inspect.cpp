@@ -30,13 +30,11 @@ torch::Tensor run_until(torch::nn::Sequential& net, torch::Tensor x, int64_t sto
   return x;
 }
 
-// relu1_1 .. relu4_1 -> the encoder's layer of that name in its layout
-// (torchvision: encoder.1, .6, .11, .20).
-std::map<std::string, std::string> encoder_aliases(const models::VGGEncoderImpl& encoder) {
-  const auto indices = encoder.relu_indices();
+// The encoder's tap names (VGG: relu1_1 .. relu4_1; SqueezeNet: relu1,
+// fire1, ...) -> its layer of that name (torchvision VGG: encoder.1, .6, .11, .20).
+std::map<std::string, std::string> encoder_aliases(const models::EncoderImpl& encoder) {
   std::map<std::string, std::string> aliases;
-  for (size_t i = 0; i < indices.size(); ++i)
-    aliases["relu" + std::to_string(i + 1) + "_1"] = "encoder." + std::to_string(indices[i]);
+  for (const auto& [name, index] : encoder.named_taps()) aliases[name] = "encoder." + std::to_string(index);
   return aliases;
 }
 
@@ -50,20 +48,22 @@ int64_t layer_index(const std::string& name, const std::string& prefix, int64_t 
   return std::stoll(digits);
 }
 
-// The encoder as one Sequential-like walk: torchvision indices run on across slices.
-torch::Tensor encoder_until(models::VGGEncoderImpl& encoder, const torch::Tensor& images, int64_t stop) {
+// The encoder as one Sequential-like walk: layer indices run on across slices.
+torch::Tensor encoder_until(models::EncoderImpl& encoder, const torch::Tensor& images, int64_t stop) {
   auto x = encoder.input(images);
   int64_t i = 0;
-  for (auto* slice : {&encoder.slice1, &encoder.slice2, &encoder.slice3, &encoder.slice4})
-    for (auto& layer : **slice) {
+  for (auto& slice : encoder.slices)
+    for (auto& layer : *slice) {
       x = layer.forward(x);
       if (i++ == stop) return x;
     }
   return x;
 }
 
-int64_t encoder_size(models::VGGEncoderImpl& e) {
-  return static_cast<int64_t>(e.slice1->size() + e.slice2->size() + e.slice3->size() + e.slice4->size());
+int64_t encoder_size(models::EncoderImpl& e) {
+  size_t size = 0;
+  for (auto& slice : e.slices) size += slice->size();
+  return static_cast<int64_t>(size);
 }
 
 }  // namespace
@@ -126,8 +126,9 @@ torch::Tensor layer_activation(Networks& nets, const std::string& layer, const t
     const auto stop = layer_index(name, "discriminator", static_cast<int64_t>(nets.discriminator->layers->size()));
     return run_until(nets.discriminator->layers, g.forward(c, s), stop);
   }
-  throw ExplainError("unknown layer '" + layer +
-                     "' (use relu1_1..relu4_1, encoder.<i>, decoder.<i> or discriminator.<i>)");
+  std::string taps;
+  for (const auto& [tap, index] : g.encoder->named_taps()) taps += tap + ", ";
+  throw ExplainError("unknown layer '" + layer + "' (use " + taps + "encoder.<i>, decoder.<i> or discriminator.<i>)");
 }
 
 TopChannels top_channels(const torch::Tensor& activation, int64_t k) {
@@ -206,11 +207,11 @@ AlphaSweep alpha_sweep(models::AdaINGenerator& generator, const torch::Tensor& c
   for (int64_t i = 0; i < points; ++i) {
     const double alpha = static_cast<double>(i) / static_cast<double>(points - 1);
     const auto out = generator->forward(c, s, alpha);
-    const auto features = generator->encoder->forward_features(out);
+    const auto features = generator->encoder->encode(out);
     result.alphas.push_back(alpha);
     result.outputs.push_back(out[0]);
-    result.content_loss.push_back(models::content_loss(features.back(), content_features).item<double>());
-    result.style_loss.push_back(models::style_loss(features, style_features, kind).item<double>());
+    result.content_loss.push_back(models::content_loss(features.content, content_features).item<double>());
+    result.style_loss.push_back(models::style_loss(features.style, style_features, kind).item<double>());
   }
   return result;
 }

@@ -78,8 +78,11 @@ void gradcam_method(PairWork& w) {
 
 void features_method(PairWork& w) {
   const int64_t decoder_mid = static_cast<int64_t>(w.nets.generator->decoder->layers->size()) / 2;
-  const std::vector<std::string> layers = {"relu1_1", "relu4_1", "decoder." + std::to_string(decoder_mid),
-                                           "discriminator.1"};
+  const auto& encoder = *w.nets.generator->encoder;
+  std::vector<std::string> layers = {encoder.style_layer_names().front()};
+  if (encoder.content_layer_name() != layers.front()) layers.push_back(encoder.content_layer_name());
+  layers.push_back("decoder." + std::to_string(decoder_mid));
+  layers.push_back("discriminator.1");
   constexpr int64_t kTop = 6;
   for (const auto& layer : layers) {
     const auto top = top_channels(layer_activation(w.nets, layer, w.content, w.style), kTop);
@@ -102,8 +105,9 @@ void adain_method(PairWork& w) {
     rows.push_back({shift.content_mean[i], shift.style_mean[i], shift.content_std[i], shift.style_std[i]});
     labels.push_back("ch " + std::to_string(shift.channels[i]));
   }
-  w.image("adain.png", value_table(rows, labels, "relu4_1: mean c|s, std c|s"));
-  w.section = {{"layer", "relu4_1"},           {"channels", shift.channels},
+  const auto& layer = encoder->content_layer_name();
+  w.image("adain.png", value_table(rows, labels, layer + ": mean c|s, std c|s"));
+  w.section = {{"layer", layer},                {"channels", shift.channels},
                {"content_mean", shift.content_mean}, {"style_mean", shift.style_mean},
                {"content_std", shift.content_std},   {"style_std", shift.style_std},
                {"shift", shift.shift},               {"mean_shift_total", shift.mean_shift_total},
@@ -116,7 +120,7 @@ void style_layers_method(PairWork& w) {
   constexpr int64_t kGroups = 4;
   const auto parts = style_contribution(encoder->forward_features(w.output.unsqueeze(0)),
                                         encoder->forward_features(w.style.unsqueeze(0)), w.style_statistics, kGroups);
-  const std::vector<std::string> names = {"relu1_1", "relu2_1", "relu3_1", "relu4_1"};
+  const auto& names = encoder->style_layer_names();
   w.image("style_layers.png", value_table(parts.per_group, names, "style loss per layer x channel group"));
   w.section = {{"layers", names},
                {"per_layer", parts.per_layer},

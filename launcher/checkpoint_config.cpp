@@ -22,8 +22,11 @@ trainer::Config checkpoint_config(const fs::path& checkpoint_dir) {
   // .pth files they were first loaded from may not exist on this machine, and
   // parse_config would refuse the configuration (and the networks would try
   // to read them) if they stayed. Their layouts stay (vgg_layout, decoder_output).
+  // A SqueezeNet encoder is rebuilt from the shipped weights, which the
+  // checkpoint's own copy then overwrites.
   try {
-    return parse_config(text.str(), {"model.vgg_weights=", "model.decoder_weights="}, file.string());
+    return parse_config(text.str(), {"model.vgg_weights=", "model.decoder_weights=", "model.squeezenet_dir="},
+                        file.string());
   } catch (const ConfigError& e) {
     // A damaged checkpoint is a failed run (exit 1), not a bad command line.
     throw std::runtime_error(std::string("checkpoint configuration unusable: ") + e.what());

@@ -156,6 +156,16 @@ std::vector<Field> make_fields() {
       choice<std::string>("run.log_level", AT(run.log_level), levels, "log level"),
       choice<std::string>("model.family", AT(model.family), {{"adain", "adain"}, {"cyclegan", "cyclegan"}},
              "model trained: adain (AdaIN-GAN) or cyclegan (paper defaults for keys left out)"),
+      choice<std::string>("model.encoder", AT(model.generator.encoder.network),
+             {{"vgg19", "vgg19"}, {"squeezenet1_1", "squeezenet1_1"}},
+             "loss network (and AdaIN-GAN's encoder): vgg19 (model.vgg_weights, or a fixed random VGG), or "
+             "squeezenet1_1 (the shipped ImageNet-trained SqueezeNet 1.1)"),
+      text("model.squeezenet_dir", AT(model.generator.encoder.squeezenet_dir),
+           "squeezenet1_1: directory of its weights and SHA256SUMS; empty: the shipped models/pretrained/squeezenet1_1"),
+      text("model.content_layer", AT(model.generator.encoder.content_layer),
+           "squeezenet1_1: AdaIN's and the content loss's layer: relu1, fire1 .. fire8"),
+      list("model.style_layers", AT(model.generator.encoder.style_layers),
+           "squeezenet1_1: the style loss's layers (relu1, fire1 .. fire8)"),
       text("model.vgg_weights", AT(model.generator.encoder.weights_path),
            "VGG-19 state dict (.pth): torchvision's, or AdaIN's vgg_normalised; empty: fixed random VGG"),
       choice<std::string>("model.vgg_layout", AT(model.generator.encoder.layout),
@@ -307,6 +317,31 @@ std::string unknown_key_message(const std::string& key, const std::string& origi
 }
 
 // Checks that hold between keys; each message names the keys involved.
+// model.encoder squeezenet1_1: its layers exist, no VGG file is given.
+void check_squeezenet(const models::GeneratorOptions& g) {
+  if (!g.encoder.weights_path.empty())
+    throw ConfigError("model.vgg_weights is set but model.encoder is squeezenet1_1: the VGG file would not be used "
+                      "(set model.encoder: vgg19, or leave model.vgg_weights empty)");
+  if (!g.decoder.weights_path.empty())
+    throw ConfigError("model.decoder_weights is AdaIN's VGG decoder; model.encoder squeezenet1_1 trains a decoder of "
+                      "its own (leave model.decoder_weights empty)");
+  if (!g.encoder.squeezenet_dir.empty() && !std::filesystem::is_directory(g.encoder.squeezenet_dir))
+    throw ConfigError("model.squeezenet_dir: directory '" + g.encoder.squeezenet_dir + "' does not exist");
+  if (g.encoder.style_layers.empty()) throw ConfigError("model.style_layers: name at least one layer");
+  try {
+    models::squeezenet_layer(g.encoder.content_layer);
+  } catch (const models::ModelError& e) {
+    throw ConfigError(std::string("model.content_layer: ") + e.what());
+  }
+  for (const auto& layer : g.encoder.style_layers) {
+    try {
+      models::squeezenet_layer(layer);
+    } catch (const models::ModelError& e) {
+      throw ConfigError(std::string("model.style_layers: ") + e.what());
+    }
+  }
+}
+
 void check_consistency(const Config& c) {
   const auto& aug = c.data.augment;
   if (aug.crop_size > aug.load_size)
@@ -331,6 +366,10 @@ void check_consistency(const Config& c) {
                       ") must be a multiple of train.batch_size (" + std::to_string(c.train.batch_size) +
                       "): each rank accumulates whole micro-batches");
   const auto& g = c.model.generator;
+  if (g.encoder.network == "squeezenet1_1") {
+    check_squeezenet(g);
+    return;
+  }
   if (g.decoder.width != g.encoder.width)
     throw ConfigError("model.decoder_width (" + std::to_string(g.decoder.width) +
                       ") must equal model.encoder_width (" + std::to_string(g.encoder.width) + ")");

@@ -101,6 +101,7 @@ struct Measured {
   json checkpoint, step, weights;  // weights: {vgg, decoder} without a checkpoint, else null
   std::string family;
   models::EncoderOptions encoder;  // the configured loss network (random VGG's width and seed)
+  std::string loss_network;        // what measured: evaluate::loss_network_key
   std::string name() const {
     if (!checkpoint.is_null()) return checkpoint.get<std::string>() + " (step " + step.dump() + ")";
     return "AdaIN's pretrained model (" + weights["vgg"].get<std::string>() + ", " +
@@ -110,7 +111,15 @@ struct Measured {
 
 json to_json(const EvaluateArgs& args, const Measured& measured, int64_t size, const evaluate::EvalResult& result,
              int64_t skipped_files) {
-  const bool imagenet = result.distance_name == "VGG-FID";
+  json loss_network = {{"weights", measured.loss_network == "random_vgg" ? "random" : "imagenet"},
+                       {"distance", result.distance_name}};
+  if (measured.loss_network == "squeezenet") {
+    loss_network["network"] = "squeezenet1_1";
+  } else {
+    loss_network["network"] = "vgg19";
+    loss_network["width"] = measured.loss_network == "vgg" ? int64_t{64} : measured.encoder.width;
+    loss_network["seed"] = measured.encoder.random_seed;
+  }
   json out = {{"checkpoint", measured.checkpoint},
               {"step", measured.step},
               {"model", measured.family},
@@ -120,11 +129,7 @@ json to_json(const EvaluateArgs& args, const Measured& measured, int64_t size, c
               {"style_images", result.style_images},
               {"skipped_files", skipped_files},
               {"size", size},
-              {"loss_network",
-               {{"weights", imagenet ? "imagenet" : "random"},
-                {"width", imagenet ? int64_t{64} : measured.encoder.width},
-                {"seed", measured.encoder.random_seed},
-                {"distance", result.distance_name}}}};
+              {"loss_network", loss_network}};
   if (!measured.weights.is_null()) out["weights"] = measured.weights;
   if (!result.distances_skipped.empty()) out["distances_skipped"] = result.distances_skipped;
   json metrics = json::object();
@@ -137,7 +142,7 @@ void print_table(const json& report, const Measured& measured, const evaluate::E
   std::printf("evaluated %s: %lld pairs, %lld style images, %lld px\n", measured.name().c_str(),
               static_cast<long long>(result.pairs), static_cast<long long>(result.style_images),
               static_cast<long long>(report["size"].get<int64_t>()));
-  if (result.distance_name != "VGG-FID")
+  if (measured.loss_network == "random_vgg")
     std::printf("loss network: the fixed random VGG (width %lld, seed %lld), so the distances are \"%s\", not FID;\n"
                 "comparable only with runs of the same loss network\n",
                 static_cast<long long>(report["loss_network"]["width"].get<int64_t>()),
@@ -210,29 +215,34 @@ void write_report(const std::string& path, const json& report) {
 // A checkpoint's generator(s) on this rank's share of the set.
 evaluate::EvalResult evaluate_checkpoint(const EvaluateArgs& args, const fs::path& dir, const trainer::Config& config,
                                          const evaluate::EvalSet& set, comm::Communicator& comm,
-                                         evaluate::EvalOptions options, torch::Device device) {
+                                         evaluate::EvalOptions& options, torch::Device device) {
   if (config.model.family == "cyclegan") {
     // The checkpoint has no loss network: the configured one (random VGG of
     // its width and seed) or the VGG-19 file given here, in its own layout.
     auto encoder_options = config.model.generator.encoder;
     encoder_options.weights_path = args.vgg_weights;
     if (!args.vgg_weights.empty()) {
+      encoder_options.network = "vgg19";
       encoder_options.width = 64;
       encoder_options.layout = "auto";
     }
-    models::VGGEncoder loss_network(encoder_options);
+    models::Encoder loss_network(encoder_options);
     auto generators = load_cyclegan_generators(dir, config);
     loss_network->to(device);
     generators.a2b->to(device);
     generators.b2a->to(device);
-    options.imagenet_weights = !args.vgg_weights.empty();
+    options.loss_network = evaluate::loss_network_key(encoder_options);
     return evaluate::evaluate(generators.a2b, generators.b2a, loss_network, set, comm, options);
   }
   if (!args.vgg_weights.empty())
     throw ConfigError("--vgg-weights: an adain checkpoint measures with its own encoder; leave the option out");
   auto generator = load_generator(dir, config);
   generator->to(device);
-  options.imagenet_weights = trained_with_imagenet_vgg(dir);
+  if (config.model.generator.encoder.network == "squeezenet1_1") {
+    options.loss_network = "squeezenet";
+  } else {
+    options.loss_network = trained_with_imagenet_vgg(dir) ? "vgg" : "random_vgg";
+  }
   return evaluate::evaluate(generator, set, comm, options);
 }
 
@@ -271,11 +281,12 @@ int run_evaluate(const EvaluateArgs& args) {
   if (args.checkpoint.empty()) {
     auto generator = load_pretrained_generator(args.vgg_weights, args.decoder_weights);
     generator->to(device.device);
-    options.imagenet_weights = true;
+    options.loss_network = "vgg";
     result = evaluate::evaluate(generator, set, *comm, options);
   } else {
     result = evaluate_checkpoint(args, dir, config, set, *comm, options, device.device);
   }
+  measured.loss_network = options.loss_network;
   if (comm->rank() != 0) return 0;  // every rank has the result; rank 0 reports it
   const auto report = to_json(args, measured, size, result, set.skipped_files);
   write_report(args.out, report);

@@ -69,6 +69,9 @@ int run_export(const ExportArgs& args) {
   if (!args.direction.empty())
     throw ConfigError("--direction: only cyclegan checkpoints have directions; this one is model.family '" +
                       config.model.family + "'");
+  if (config.model.generator.encoder.network != "vgg19")
+    throw ConfigError("export: this checkpoint's AdaIN generator has a " + config.model.generator.encoder.network +
+                      " encoder; python/atelier_models.py rebuilds only VGG-19 ones");
   const auto generator = load_generator(dir, config);
   const auto state = state_dict(*generator);
   write_bytes(args.out, torch::pickle_save(c10::IValue(state)));

@@ -23,6 +23,38 @@ void add_upsample(torch::nn::Sequential& layers) {
                                             .mode(torch::kNearest)));
 }
 
+// Mirror of VGG-19's relu4_1 .. conv1_1: each encoder pool becomes an upsample.
+torch::nn::Sequential vgg_mirror(int64_t w) {
+  torch::nn::Sequential layers;
+  add_conv(layers, 8 * w, 4 * w, /*relu=*/true);
+  add_upsample(layers);
+  for (int i = 0; i < 3; ++i) add_conv(layers, 4 * w, 4 * w, /*relu=*/true);
+  add_conv(layers, 4 * w, 2 * w, /*relu=*/true);
+  add_upsample(layers);
+  add_conv(layers, 2 * w, 2 * w, /*relu=*/true);
+  add_conv(layers, 2 * w, w, /*relu=*/true);
+  add_upsample(layers);
+  add_conv(layers, w, w, /*relu=*/true);
+  add_conv(layers, w, 3, /*relu=*/false);
+  return layers;
+}
+
+// From `in` channels at 1/2^ups of the image: per upsampling a conv to
+// 2^(ups - 1 - i) * w channels, x2, a conv; then a conv to RGB.
+torch::nn::Sequential upsampling_decoder(int64_t in, int64_t ups, int64_t w) {
+  torch::nn::Sequential layers;
+  int64_t channels = in;
+  for (int64_t i = 0; i < ups; ++i) {
+    const int64_t out = (int64_t{1} << (ups - 1 - i)) * w;
+    add_conv(layers, channels, out, /*relu=*/true);
+    add_upsample(layers);
+    add_conv(layers, out, out, /*relu=*/true);
+    channels = out;
+  }
+  add_conv(layers, channels, 3, /*relu=*/false);
+  return layers;
+}
+
 void check_alpha(double alpha) {
   if (!(alpha >= 0.0 && alpha <= 1.0)) {
     throw ModelError("style strength alpha must be in [0, 1], got " + std::to_string(alpha));
@@ -56,18 +88,10 @@ void check_style_weights(const std::vector<double>& weights, size_t styles) {
 DecoderImpl::DecoderImpl(const DecoderOptions& options_) : options(options_) {
   const int64_t w = options.width;
   if (w < 1) throw ModelError("decoder width must be positive, got " + std::to_string(w));
-  layers = torch::nn::Sequential();
-  // Mirror of relu4_1 .. conv1_1: each encoder pool becomes an upsample.
-  add_conv(layers, 8 * w, 4 * w, /*relu=*/true);
-  add_upsample(layers);
-  for (int i = 0; i < 3; ++i) add_conv(layers, 4 * w, 4 * w, /*relu=*/true);
-  add_conv(layers, 4 * w, 2 * w, /*relu=*/true);
-  add_upsample(layers);
-  add_conv(layers, 2 * w, 2 * w, /*relu=*/true);
-  add_conv(layers, 2 * w, w, /*relu=*/true);
-  add_upsample(layers);
-  add_conv(layers, w, w, /*relu=*/true);
-  add_conv(layers, w, 3, /*relu=*/false);
+  if (options.in_channels < 0 || (options.in_channels > 0 && (options.upsamplings < 1 || options.upsamplings > 6)))
+    throw ModelError("decoder needs 1..6 upsamplings for " + std::to_string(options.in_channels) +
+                     " input channels, got " + std::to_string(options.upsamplings));
+  layers = options.in_channels == 0 ? vgg_mirror(w) : upsampling_decoder(options.in_channels, options.upsamplings, w);
   if (options.output == "auto") options.output = options.weights_path.empty() ? "tanh" : "linear";
   if (options.output != "tanh" && options.output != "linear")
     throw ModelError("decoder output must be auto, tanh or linear, got '" + options.output + "'");
@@ -118,14 +142,31 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& features) {
   return layers->forward(features);
 }
 
+torch::Tensor DecoderImpl::decode(const torch::Tensor& features, const torch::Tensor& like) {
+  auto image = forward(features);
+  const auto h = like.size(-2), w = like.size(-1);
+  if (image.size(-2) == h && image.size(-1) == w) return image;
+  return torch::nn::functional::interpolate(
+      image, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kBilinear).align_corners(false));
+}
+
 AdaINGeneratorImpl::AdaINGeneratorImpl(const GeneratorOptions& options) {
-  if (options.encoder.width != options.decoder.width) {
+  const bool vgg = options.encoder.network == "vgg19";
+  if (vgg && options.encoder.width != options.decoder.width) {
     throw ModelError("generator needs equal encoder and decoder widths, got encoder " +
                      std::to_string(options.encoder.width) + " and decoder " +
                      std::to_string(options.decoder.width));
   }
-  encoder = register_module("encoder", VGGEncoder(options.encoder));
-  decoder = register_module("decoder", Decoder(options.decoder));
+  encoder = register_module("encoder", Encoder(options.encoder));
+  auto decoder_options = options.decoder;
+  if (!vgg) {
+    if (!decoder_options.weights_path.empty())
+      throw ModelError("decoder weights '" + decoder_options.weights_path + "' are AdaIN's VGG decoder; the " +
+                       encoder->options.network + " encoder needs a decoder of its own");
+    decoder_options.in_channels = encoder->out_channels();
+    decoder_options.upsamplings = static_cast<int64_t>(std::lround(std::log2(encoder->downsampling())));
+  }
+  decoder = register_module("decoder", Decoder(decoder_options));
 }
 
 AdaINGeneratorImpl::Output AdaINGeneratorImpl::stylize(const torch::Tensor& content,
@@ -135,7 +176,7 @@ AdaINGeneratorImpl::Output AdaINGeneratorImpl::stylize(const torch::Tensor& cont
   const auto style_features = encoder->forward(style);
   auto target = adain(content_features, style_features);
   target = alpha * target + (1.0 - alpha) * content_features;
-  return {decoder->forward(target), target};
+  return {decoder->decode(target, content), target};
 }
 
 torch::Tensor AdaINGeneratorImpl::forward(const torch::Tensor& content, const torch::Tensor& style,
@@ -159,7 +200,7 @@ AdaINGeneratorImpl::Output AdaINGeneratorImpl::stylize_mixed(const torch::Tensor
     target = target + weights[i] * adain(content_features, style_features);
   }
   target = alpha * target + (1.0 - alpha) * content_features;
-  return {decoder->forward(target), target};
+  return {decoder->decode(target, content), target};
 }
 
 std::vector<torch::Tensor> AdaINGeneratorImpl::trainable_parameters() const {

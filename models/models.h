@@ -1,7 +1,8 @@
 // models/ — the networks atelier trains and the losses that train them.
 //
 // AdaIN-GAN (Huang & Belongie 2017, plus a PatchGAN critic): a frozen VGG-19
-// encoder up to relu4_1 embeds content and style, adaptive instance
+// encoder up to relu4_1 (or the shipped SqueezeNet 1.1 up to a fire block)
+// embeds content and style, adaptive instance
 // normalisation moves the style's channel statistics onto the content
 // features, a mirrored decoder turns them back into an image, and a 70x70
 // PatchGAN discriminator judges stylised images against real style images.
@@ -31,15 +32,26 @@ struct ModelError : std::runtime_error {
 // Loss network / encoder
 
 struct EncoderOptions {
-  int64_t width = 64;          // channels of VGG block 1; blocks 2..4 use 2x, 4x, 8x (VGG-19: 64)
-  std::string weights_path;    // VGG-19 state dict (.pth, see layout); empty = fixed random VGG
-  uint64_t random_seed = 19;   // seed of the fixed random VGG used when weights_path is empty
-  // "torchvision": torchvision's vgg19().features (zero padding, ImageNet
-  // mean/std on RGB in [0, 1]); "adain": the `vgg_normalised.pth` of AdaIN
-  // (Huang & Belongie; naoto0804/pytorch-AdaIN): a 1x1 input convolution
-  // that does its own normalisation, reflection padding, ceil-mode pools;
-  // "auto": detected from weights_path (torchvision without one).
+  int64_t width = 64;          // vgg19: channels of block 1; blocks 2..4 use 2x, 4x, 8x (VGG-19: 64)
+  std::string weights_path;    // vgg19: state dict (.pth, see layout); empty = fixed random VGG
+  uint64_t random_seed = 19;   // vgg19: seed of the fixed random VGG used when weights_path is empty
+  // vgg19: "torchvision": torchvision's vgg19().features (zero padding,
+  // ImageNet mean/std on RGB in [0, 1]); "adain": the `vgg_normalised.pth`
+  // of AdaIN (Huang & Belongie; naoto0804/pytorch-AdaIN): a 1x1 input
+  // convolution that does its own normalisation, reflection padding,
+  // ceil-mode pools; "auto": detected from weights_path (torchvision without one).
   std::string layout = "auto";
+  // The loss network (and AdaIN-GAN's encoder): "vgg19", or "squeezenet1_1"
+  // with the shipped ImageNet weights (see SqueezeNet below). Last, so that
+  // aggregate initialisation {width, weights_path} stays VGG's.
+  std::string network = "vgg19";
+  // squeezenet1_1: the weights' directory (empty: default_squeezenet_dir()),
+  // the content layer (AdaIN's layer, the content loss's) and the style
+  // layers, by squeezenet_layers(). vgg19's are fixed: relu4_1 and
+  // relu1_1 .. relu4_1.
+  std::string squeezenet_dir;
+  std::string content_layer = "fire2";
+  std::vector<std::string> style_layers = {"relu1", "fire2", "fire3", "fire4"};
 };
 
 // Which layout a VGG state dict file has: "torchvision" (features.0.weight)
@@ -50,39 +62,137 @@ std::string detect_vgg_layout(const std::string& path);
 // How a layout is named in logs: "torchvision VGG-19", "AdaIN normalised VGG".
 std::string describe_vgg_layout(const std::string& layout);
 
-// VGG-19 up to relu4_1 in one of two layouts (EncoderOptions::layout),
-// frozen. Takes images in [-1, 1] and applies the input normalisation its
-// layout expects itself.
-struct VGGEncoderImpl : torch::nn::Module {
-  explicit VGGEncoderImpl(const EncoderOptions& options);
+// How a loss network is named in logs, reports and metric labels:
+// "SqueezeNet 1.1 (ImageNet)", "VGG-19 (torchvision, ImageNet)", "random VGG (seed 19)".
+std::string describe_encoder(const EncoderOptions& options);
 
-  // Activations at relu1_1, relu2_1, relu3_1, relu4_1 (the style layers).
+// The content-layer features and the style-layer features of one pass.
+struct EncodedFeatures {
+  torch::Tensor content;
+  std::vector<torch::Tensor> style;
+};
+
+// A frozen loss network cut into slices that end at its taps (the content
+// and style layers, in depth order). VGG-19 up to relu4_1 in one of two
+// layouts (EncoderOptions::layout): slices end at relu1_1 .. relu4_1, the
+// content layer is the last; or SqueezeNet 1.1 up to its deepest tap. Takes
+// images in [-1, 1] and applies the input normalisation its network expects.
+struct EncoderImpl : torch::nn::Module {
+  explicit EncoderImpl(const EncoderOptions& options);
+
+  // Activations at the style layers, in options order.
   std::vector<torch::Tensor> forward_features(const torch::Tensor& images);
-  // relu4_1 only (the content layer).
+  // The content layer only (runs no further).
   torch::Tensor forward(const torch::Tensor& images);
-  // What the first layer sees: images in [-1, 1] normalised as the layout
-  // expects (torchvision: ImageNet mean/std; adain: [0, 1], its 1x1 conv does the rest).
+  // Both, in one pass.
+  EncodedFeatures encode(const torch::Tensor& images);
+  // What the first layer sees: images in [-1, 1] normalised as the network
+  // expects (ImageNet mean/std; AdaIN's layout: [0, 1], its 1x1 conv does the rest).
   torch::Tensor input(const torch::Tensor& images);
 
-  // Copies the state dict's convolutions onto ours: torchvision keys
+  // vgg19: copies the state dict's convolutions onto ours: torchvision keys
   // `features.<i>.weight|bias`, AdaIN's `<i>.weight|bias`, by the layout.
   // Throws ModelError naming a missing key or a shape mismatch.
   void load_torchvision(const std::map<std::string, torch::Tensor>& state);
 
-  int64_t out_channels() const { return 8 * options.width; }
+  // Channels of the content layer, and its size as a fraction of the input's
+  // (VGG: 1/8; SqueezeNet's fire2: about 1/4).
+  int64_t out_channels() const { return out_channels_; }
+  int64_t downsampling() const { return downsampling_; }
+  // Channels of each style layer, and the names of the layers.
+  const std::vector<int64_t>& style_channels() const { return style_channels_; }
+  const std::vector<std::string>& style_layer_names() const { return style_names_; }
+  const std::string& content_layer_name() const { return content_name_; }
   bool pretrained() const { return pretrained_; }
-  // The layout's index of relu1_1, relu2_1, relu3_1, relu4_1, counting the
-  // layers of slice1..slice4 in order (torchvision: 1, 6, 11, 20).
-  std::vector<int64_t> relu_indices() const;
+  // Each tap's name and index, counting the layers of all slices in order
+  // (torchvision VGG: relu1_1 1, relu2_1 6, relu3_1 11, relu4_1 20).
+  std::vector<std::pair<std::string, int64_t>> named_taps() const;
 
-  EncoderOptions options;  // layout resolved: "torchvision" or "adain"
-  // Slices ending at relu1_1, relu2_1, relu3_1, relu4_1.
-  torch::nn::Sequential slice1{nullptr}, slice2{nullptr}, slice3{nullptr}, slice4{nullptr};
+  EncoderOptions options;  // vgg19's layout resolved: "torchvision" or "adain"
+  // Layers in order, cut after each tap; registered as slice1, slice2, ...
+  std::vector<torch::nn::Sequential> slices;
 
  private:
+  void build_vgg();
+  void build_squeezenet();
+  std::vector<int64_t> tap_ends_;            // global index of each slice's last layer
+  std::vector<std::string> tap_names_;       // the layer name of each slice's end
+  std::vector<size_t> style_slices_;         // slice whose output is each style layer
+  size_t content_slice_ = 0;
+  std::vector<int64_t> style_channels_;
+  std::vector<std::string> style_names_;
+  std::string content_name_;
+  int64_t out_channels_ = 0, downsampling_ = 1;
   bool pretrained_ = false;
 };
-TORCH_MODULE(VGGEncoder);
+TORCH_MODULE(Encoder);
+
+// SqueezeNet 1.1 (Iandola et al. 2016), ImageNet-trained: the one weight
+// set atelier ships (models/pretrained/squeezenet1_1/, Apache-2.0, see its
+// PROVENANCE.md): 26 convolutions as NumPy files plus SHA256SUMS.
+
+// The shipped weights' directory in the source tree atelier was built from.
+std::string default_squeezenet_dir();
+
+// squeeze 1x1 -> ReLU -> concat(ReLU(expand 1x1), ReLU(expand 3x3, padding 1)),
+// torchvision's Fire.
+struct FireImpl : torch::nn::Module {
+  FireImpl(int64_t in, int64_t squeeze, int64_t expand);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Conv2d squeeze{nullptr}, expand1x1{nullptr}, expand3x3{nullptr};
+};
+TORCH_MODULE(Fire);
+
+// torchvision's squeezenet1_1(): `features` with torchvision's indices (0
+// conv 3->64 stride 2, 1 ReLU, 2 max pool, 3-4 fire, 5 pool, 6-7 fire, 8
+// pool, 9-12 fire; pools 3x3 stride 2, ceil mode) and, on request, the
+// 512->1000 classifier convolution. Frozen. Built from `weights_dir` (which
+// must hold weights/ and SHA256SUMS): every file is checked against its
+// checksum and shape before any is used; ModelError names the file that is
+// missing, corrupt or of the wrong shape.
+struct SqueezeNetImpl : torch::nn::Module {
+  explicit SqueezeNetImpl(const std::string& weights_dir, bool classifier = false);
+
+  // Images in [-1, 1] normalised with ImageNet's mean and std, as trained.
+  torch::Tensor input(const torch::Tensor& images);
+  // The activations after features[i] for each i of `indices` (ascending,
+  // each in 0..12): one pass, stopping at the last index.
+  std::vector<torch::Tensor> features_at(const torch::Tensor& normalised, const std::vector<int64_t>& indices);
+  // [N, 1000] ImageNet logits of normalised input (needs classifier).
+  torch::Tensor logits(const torch::Tensor& normalised);
+
+  torch::nn::Sequential features{nullptr};
+  torch::nn::Conv2d classifier{nullptr};
+};
+TORCH_MODULE(SqueezeNet);
+
+// Appends SqueezeNet 1.1's features[index] to `layers`, named by its index.
+void add_squeezenet_layer(torch::nn::Sequential& layers, int64_t index);
+
+// The names of SqueezeNet 1.1's layers that can be content or style layers,
+// with their features index, output channels and downsampling: relu1 (1, 64
+// channels, 1/2), fire1 .. fire8 (3, 4, 6, 7, 9, 10, 11, 12; 128, 128, 256,
+// 256, 384, 384, 512, 512 channels; 1/4, 1/4, 1/8, 1/8, 1/16 ...).
+struct SqueezeNetLayer {
+  std::string name;
+  int64_t index;
+  int64_t channels;
+  int64_t downsampling;
+};
+const std::vector<SqueezeNetLayer>& squeezenet_layers();
+// The layer called `name`; ModelError listing the names otherwise.
+const SqueezeNetLayer& squeezenet_layer(const std::string& name);
+
+// Copies the shipped weights (weights_dir/weights/squeezenet0_conv<i>_*.npy)
+// onto `convs`, SqueezeNet's convolutions in network order (a prefix of the
+// 26), after verifying each file read against weights_dir/SHA256SUMS.
+void load_squeezenet_weights(const std::string& weights_dir, const std::vector<torch::nn::Conv2d>& convs);
+
+// NumPy .npy arrays (format 1-3, C order, little-endian): the tensor on
+// CPU with the file's dtype and shape. Throws ModelError naming the file.
+torch::Tensor load_npy(const std::string& path);
+// The same from bytes in memory; `name` names them in errors.
+torch::Tensor parse_npy(const std::string& bytes, const std::string& name);
 
 // Channel mean and standard deviation over H and W: two [N, C, 1, 1] tensors.
 // std = sqrt(var + eps) with the biased variance.
@@ -105,6 +215,12 @@ struct DecoderOptions {
   // "tanh": a tanh bounds the output to [-1, 1]; "linear": none, as AdaIN's
   // own decoder; "auto": linear with weights_path, tanh without.
   std::string output = "auto";
+  // 0: mirror VGG-19 (8w channels at 1/8). Otherwise the encoder's content
+  // layer has in_channels channels at 1/2^upsamplings of the image: per
+  // upsampling a 3x3 conv to (2^(remaining) * w) channels, a x2 upsample
+  // and another 3x3 conv; then a 3x3 conv to RGB. AdaInGenerator sets both.
+  int64_t in_channels = 0;
+  int64_t upsamplings = 0;
 };
 
 // The AdaIN decoder: reflection-padded 3x3 convs with nearest upsampling,
@@ -114,6 +230,9 @@ struct DecoderOptions {
 struct DecoderImpl : torch::nn::Module {
   explicit DecoderImpl(const DecoderOptions& options);
   torch::Tensor forward(const torch::Tensor& features);
+  // forward, resized (bilinear) to the H and W of `like` where they differ:
+  // SqueezeNet's ceil-mode pools and unpadded first conv round sizes.
+  torch::Tensor decode(const torch::Tensor& features, const torch::Tensor& like);
   // Copies an AdaIN decoder state dict (`<i>.weight|bias`) onto our convs,
   // folding the output range. Throws ModelError naming the file, the layer
   // and both shapes when they differ, or a missing key.
@@ -129,7 +248,7 @@ struct GeneratorOptions {
   DecoderOptions decoder;
 };
 
-// G(content, style): encoder (frozen) -> AdaIN -> decoder (trained).
+// G(content, style): encoder (frozen) -> AdaIN at its content layer -> decoder (trained).
 struct AdaINGeneratorImpl : torch::nn::Module {
   explicit AdaINGeneratorImpl(const GeneratorOptions& options);
 
@@ -151,7 +270,7 @@ struct AdaINGeneratorImpl : torch::nn::Module {
   // The parameters an optimiser should update (the decoder's).
   std::vector<torch::Tensor> trainable_parameters() const;
 
-  VGGEncoder encoder{nullptr};
+  Encoder encoder{nullptr};
   Decoder decoder{nullptr};
 };
 TORCH_MODULE(AdaINGenerator);

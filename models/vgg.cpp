@@ -1,6 +1,7 @@
-// The frozen VGG-19 encoder (conv1_1 .. relu4_1) and adaptive instance
-// normalisation, the two pieces of AdaIN that carry no trained weights.
-#include "models/models.h"
+// The frozen encoder (VGG-19's conv1_1 .. relu4_1, or the shipped SqueezeNet
+// 1.1 up to its deepest tap) and adaptive instance normalisation, the two
+// pieces of AdaIN that carry no trained weights.
+#include "models/layers.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -81,10 +82,10 @@ torch::nn::AnyModule make_layer(const Layout& layout, int index, int64_t width) 
 // Every conv keyed by its index in the layout. Layers inside a slice are
 // named by that index (torchvision's slice3 holds "7".."11"), so
 // `features.7.weight` is `slice3.7.weight` here.
-std::map<int, torch::nn::Conv2dImpl*> convs_by_index(VGGEncoderImpl& encoder) {
+std::map<int, torch::nn::Conv2dImpl*> convs_by_index(EncoderImpl& encoder) {
   std::map<int, torch::nn::Conv2dImpl*> convs;
-  for (auto* slice : {&encoder.slice1, &encoder.slice2, &encoder.slice3, &encoder.slice4}) {
-    for (const auto& child : (*slice)->named_children()) {
+  for (auto& slice : encoder.slices) {
+    for (const auto& child : slice->named_children()) {
       if (auto* conv = child.value()->as<torch::nn::Conv2d>()) {
         convs[std::stoi(child.key())] = conv;
       }
@@ -97,7 +98,7 @@ std::map<int, torch::nn::Conv2dImpl*> convs_by_index(VGGEncoderImpl& encoder) {
 // the same on every rank and every run, and drawing from the global RNG would
 // shift every later random number the trainer draws. fan_in keeps activation
 // magnitudes steady through the 9 ReLU convs, so deep features stay usable.
-void init_random(VGGEncoderImpl& encoder, uint64_t seed) {
+void init_random(EncoderImpl& encoder, uint64_t seed) {
   at::Generator generator = at::detail::createCPUGenerator(seed);
   torch::NoGradGuard no_grad;
   for (auto& [index, conv] : convs_by_index(encoder)) {
@@ -107,29 +108,6 @@ void init_random(VGGEncoderImpl& encoder, uint64_t seed) {
     conv->bias.zero_();
   }
 }
-
-// LibTorch's Conv2d constructor draws its default init from the global CPU
-// RNG. The encoder overwrites those weights anyway, but the draws would
-// still shift every later random number of a seeded run, so building the
-// encoder restores the generator's state afterwards.
-class GlobalRngStateGuard {
- public:
-  GlobalRngStateGuard()
-      : generator_(at::detail::getDefaultCPUGenerator()), state_(generator_.get_state()) {}
-  ~GlobalRngStateGuard() {
-    try {
-      generator_.set_state(state_);
-    } catch (...) {
-      // Destructors never throw; a failed restore only costs reproducibility.
-    }
-  }
-  GlobalRngStateGuard(const GlobalRngStateGuard&) = delete;
-  GlobalRngStateGuard& operator=(const GlobalRngStateGuard&) = delete;
-
- private:
-  at::Generator generator_;
-  torch::Tensor state_;
-};
 
 // Keeps only the conv tensors up to relu4_1 of `layout`: the full files
 // also hold the later blocks (and torchvision's the classifier), which we
@@ -185,7 +163,44 @@ std::string resolved_layout(const EncoderOptions& options) {
 
 }  // namespace
 
-VGGEncoderImpl::VGGEncoderImpl(const EncoderOptions& options_) : options(options_) {
+std::string describe_encoder(const EncoderOptions& options) {
+  if (options.network == "squeezenet1_1") return "SqueezeNet 1.1 (ImageNet)";
+  if (!options.weights_path.empty())
+    return options.layout == "adain" ? "VGG-19 (AdaIN's vgg_normalised, ImageNet)" : "VGG-19 (torchvision, ImageNet)";
+  return "random VGG (width " + std::to_string(options.width) + ", seed " + std::to_string(options.random_seed) + ")";
+}
+
+EncoderImpl::EncoderImpl(const EncoderOptions& options_) : options(options_) {
+  if (options.network == "vgg19") {
+    build_vgg();
+  } else if (options.network == "squeezenet1_1") {
+    build_squeezenet();
+  } else {
+    throw ModelError("encoder network must be vgg19 or squeezenet1_1, got '" + options.network + "'");
+  }
+  for (size_t s = 0; s < slices.size(); ++s) register_module("slice" + std::to_string(s + 1), slices[s]);
+  // Buffers, not parameters: they move with .to(device) and land in
+  // checkpoints, but no optimiser may touch them.
+  register_buffer("imagenet_mean", torch::tensor(kImageNetMean).view({1, 3, 1, 1}));
+  register_buffer("imagenet_std", torch::tensor(kImageNetStd).view({1, 3, 1, 1}));
+  if (options.network == "squeezenet1_1") {
+    std::vector<torch::nn::Conv2d> convs;
+    for (auto& slice : slices)
+      for (const auto& module : slice->modules(/*include_self=*/false))
+        if (auto conv = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(module)) convs.emplace_back(conv);
+    load_squeezenet_weights(options.squeezenet_dir.empty() ? default_squeezenet_dir() : options.squeezenet_dir, convs);
+    pretrained_ = true;
+  } else if (options.weights_path.empty()) {
+    init_random(*this, options.random_seed);
+  } else {
+    const Layout& layout = layout_of(options.layout);
+    load_torchvision(load_state_dict(options.weights_path,
+                                     [&layout](const std::string& key) { return is_encoder_key(layout, key); }));
+  }
+  for (auto& parameter : parameters()) parameter.set_requires_grad(false);
+}
+
+void EncoderImpl::build_vgg() {
   if (options.width < 1) {
     throw ModelError("encoder width must be positive, got " + std::to_string(options.width));
   }
@@ -197,57 +212,91 @@ VGGEncoderImpl::VGGEncoderImpl(const EncoderOptions& options_) : options(options
   options.layout = resolved_layout(options);
   const Layout& layout = layout_of(options.layout);
   const GlobalRngStateGuard restore_global_rng;
-  torch::nn::Sequential* slices[] = {&slice1, &slice2, &slice3, &slice4};
   int index = 0;
   for (int s = 0; s < 4; ++s) {
-    *slices[s] = torch::nn::Sequential();
+    slices.push_back(torch::nn::Sequential());
     for (; index <= layout.slice_ends[s]; ++index) {
-      (*slices[s])->push_back(std::to_string(index), make_layer(layout, index, options.width));
+      slices.back()->push_back(std::to_string(index), make_layer(layout, index, options.width));
     }
-    register_module("slice" + std::to_string(s + 1), *slices[s]);
+    tap_ends_.push_back(layout.slice_ends[s]);
+    tap_names_.push_back("relu" + std::to_string(s + 1) + "_1");
+    style_slices_.push_back(static_cast<size_t>(s));
+    style_names_.push_back(tap_names_.back());
+    style_channels_.push_back((int64_t{1} << s) * options.width);
   }
-
-  // Buffers, not parameters: they move with .to(device) and land in
-  // checkpoints, but no optimiser may touch them.
-  register_buffer("imagenet_mean", torch::tensor(kImageNetMean).view({1, 3, 1, 1}));
-  register_buffer("imagenet_std", torch::tensor(kImageNetStd).view({1, 3, 1, 1}));
-
-  if (options.weights_path.empty()) {
-    init_random(*this, options.random_seed);
-  } else {
-    load_torchvision(load_state_dict(options.weights_path,
-                                     [&layout](const std::string& key) { return is_encoder_key(layout, key); }));
-  }
-  for (auto& parameter : parameters()) parameter.set_requires_grad(false);
+  content_slice_ = 3;
+  content_name_ = "relu4_1";
+  out_channels_ = 8 * options.width;
+  downsampling_ = 8;
 }
 
-torch::Tensor VGGEncoderImpl::input(const torch::Tensor& images) {
+void EncoderImpl::build_squeezenet() {
+  const auto& content = squeezenet_layer(options.content_layer);
+  if (options.style_layers.empty()) throw ModelError("SqueezeNet 1.1 encoder needs at least one style layer");
+  std::vector<const SqueezeNetLayer*> taps = {&content};
+  for (const auto& name : options.style_layers) taps.push_back(&squeezenet_layer(name));
+  std::sort(taps.begin(), taps.end(), [](auto* a, auto* b) { return a->index < b->index; });
+  taps.erase(std::unique(taps.begin(), taps.end()), taps.end());
+  const GlobalRngStateGuard restore_global_rng;
+  int64_t index = 0;
+  for (const auto* tap : taps) {
+    slices.push_back(torch::nn::Sequential());
+    for (; index <= tap->index; ++index) add_squeezenet_layer(slices.back(), index);
+    tap_ends_.push_back(tap->index);
+    tap_names_.push_back(tap->name);
+  }
+  const auto slice_of = [&](const std::string& name) {
+    return static_cast<size_t>(std::find(tap_names_.begin(), tap_names_.end(), name) - tap_names_.begin());
+  };
+  for (const auto& name : options.style_layers) {
+    style_slices_.push_back(slice_of(name));
+    style_names_.push_back(name);
+    style_channels_.push_back(squeezenet_layer(name).channels);
+  }
+  content_slice_ = slice_of(content.name);
+  content_name_ = content.name;
+  out_channels_ = content.channels;
+  downsampling_ = content.downsampling;
+}
+
+torch::Tensor EncoderImpl::input(const torch::Tensor& images) {
   const auto x01 = (images + 1.0) * 0.5;
-  if (options.layout == "adain") return x01;
+  if (options.network == "vgg19" && options.layout == "adain") return x01;
   const auto buffers = named_buffers(/*recurse=*/false);
   return (x01 - buffers["imagenet_mean"]) / buffers["imagenet_std"];
 }
 
-std::vector<torch::Tensor> VGGEncoderImpl::forward_features(const torch::Tensor& images) {
+EncodedFeatures EncoderImpl::encode(const torch::Tensor& images) {
   auto x = input(images);
-  std::vector<torch::Tensor> features;
-  for (auto* slice : {&slice1, &slice2, &slice3, &slice4}) {
-    x = (*slice)->forward(x);
-    features.push_back(x);
+  std::vector<torch::Tensor> taps;
+  const size_t last = std::max(content_slice_, *std::max_element(style_slices_.begin(), style_slices_.end()));
+  for (size_t s = 0; s <= last; ++s) {
+    x = slices[s]->forward(x);
+    taps.push_back(x);
   }
-  return features;
+  EncodedFeatures out;
+  out.content = taps[content_slice_];
+  for (const auto s : style_slices_) out.style.push_back(taps[s]);
+  return out;
 }
 
-torch::Tensor VGGEncoderImpl::forward(const torch::Tensor& images) {
-  return forward_features(images).back();
+std::vector<torch::Tensor> EncoderImpl::forward_features(const torch::Tensor& images) {
+  return encode(images).style;
 }
 
-std::vector<int64_t> VGGEncoderImpl::relu_indices() const {
-  const auto& ends = layout_of(options.layout).slice_ends;
-  return {ends[0], ends[1], ends[2], ends[3]};
+torch::Tensor EncoderImpl::forward(const torch::Tensor& images) {
+  auto x = input(images);
+  for (size_t s = 0; s <= content_slice_; ++s) x = slices[s]->forward(x);
+  return x;
 }
 
-void VGGEncoderImpl::load_torchvision(const std::map<std::string, torch::Tensor>& state) {
+std::vector<std::pair<std::string, int64_t>> EncoderImpl::named_taps() const {
+  std::vector<std::pair<std::string, int64_t>> taps;
+  for (size_t s = 0; s < tap_ends_.size(); ++s) taps.emplace_back(tap_names_[s], tap_ends_[s]);
+  return taps;
+}
+
+void EncoderImpl::load_torchvision(const std::map<std::string, torch::Tensor>& state) {
   const auto convs = convs_by_index(*this);
   const std::string& key_prefix = layout_of(options.layout).key_prefix;
   const std::string source = describe_vgg_layout(options.layout);

@@ -65,10 +65,11 @@ double AdaINGAN::discriminator_step(const std::vector<MicroBatch>& micro, std::v
       // computed once and shared by AdaIN, the content target and the style loss.
       {
         torch::NoGradGuard no_grad;
-        pass.style_features = generator->encoder->forward_features(style);
-        pass.target = models::adain(generator->encoder->forward(content), pass.style_features.back());
+        auto encoded_style = generator->encoder->encode(style);
+        pass.style_features = std::move(encoded_style.style);
+        pass.target = models::adain(generator->encoder->forward(content), encoded_style.content);
       }
-      pass.fake = generator->decoder->forward(pass.target);
+      pass.fake = generator->decoder->decode(pass.target, content);
       // Discriminator: real style images against detached stylised ones.
       loss_d = models::discriminator_loss(config_.loss.adversarial, discriminator->forward(style),
                                           discriminator->forward(pass.fake.detach()));
@@ -100,9 +101,9 @@ StepLosses AdaINGAN::generator_step(std::vector<Pass>& passes) {
     {
       const Autocast autocast(config_.train.precision, device_.type());
       adv = models::generator_adversarial_loss(loss.adversarial, discriminator->forward(pass.fake));
-      const auto output_features = generator->encoder->forward_features(pass.fake);
-      content_term = models::content_loss(output_features.back(), pass.target);
-      style_term = models::style_loss(output_features, pass.style_features, loss.style_statistics);
+      const auto output = generator->encoder->encode(pass.fake);
+      content_term = models::content_loss(output.content, pass.target);
+      style_term = models::style_loss(output.style, pass.style_features, loss.style_statistics);
       tv = models::total_variation_loss(pass.fake);
       loss_g = loss.adversarial_weight * adv + loss.content_weight * content_term +
                loss.style_weight * style_term + loss.tv_weight * tv;

@@ -22,7 +22,7 @@ struct HeldOutEvaluation::State {
   // VGG (model.vgg_weights, else the fixed random one), which `atelier
   // evaluate` uses for a cyclegan checkpoint when given the same
   // --vgg-weights (without, the random one).
-  models::VGGEncoder loss_network{nullptr};
+  models::Encoder loss_network{nullptr};
 };
 
 namespace {
@@ -52,12 +52,12 @@ HeldOutEvaluation::HeldOutEvaluation(const Config& config, const comm::Communica
   state_ = std::make_unique<State>();
   // Built from its own seed: the global generator (and so training) is untouched.
   if (config.model.family == "cyclegan") {
-    state_->loss_network = models::VGGEncoder(config.model.generator.encoder);
+    state_->loss_network = models::Encoder(config.model.generator.encoder);
     state_->loss_network->to(device);
   }
   state_->every_steps = config.eval.every_steps;
   state_->options.batch = config.train.batch_size;
-  state_->options.imagenet_weights = !config.model.generator.encoder.weights_path.empty();
+  state_->options.loss_network = evaluate::loss_network_key(config.model.generator.encoder);
   evaluate::EvalSetOptions set_options{config.eval.content, config.eval.style, config.eval.pairs,
                                        config.data.augment.crop_size};
   try {

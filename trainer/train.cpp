@@ -318,6 +318,14 @@ void log_world_change(const Run& run, const Restored& restored) {
 // layout its configuration resolved.
 void log_weight_files(const Config& config, GanModel& gan) {
   auto* adain = gan.adain_generator();
+  const auto& encoder = config.model.generator.encoder;
+  if (encoder.network == "squeezenet1_1") {
+    std::string style;
+    for (const auto& layer : encoder.style_layers) style += (style.empty() ? "" : ", ") + layer;
+    spdlog::info("loss network: {}, content layer {}, style layers {} ({})", models::describe_encoder(encoder),
+                 encoder.content_layer, style,
+                 encoder.squeezenet_dir.empty() ? models::default_squeezenet_dir() : encoder.squeezenet_dir);
+  }
   const auto& vgg_weights = config.model.generator.encoder.weights_path;
   if (!vgg_weights.empty()) {
     const auto& layout = adain ? (*adain)->encoder->options.layout : config.model.generator.encoder.layout;
@@ -406,7 +414,8 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   GanModel& gan = *model;
   if (leader) log_weight_files(config, gan);
   if (leader && gan.adain_generator() && !(*gan.adain_generator())->encoder->pretrained())
-    spdlog::warn("model.vgg_weights is not set: using a fixed random VGG (seed {}) as encoder and loss network",
+    spdlog::warn("model.vgg_weights is not set: using a fixed random VGG (seed {}) as encoder and loss network "
+                 "(model.encoder: squeezenet1_1 uses the shipped pretrained SqueezeNet 1.1)",
                  config.model.generator.encoder.random_seed);
   if (leader && config.train.precision == Precision::BF16) {
     const auto flags = cpu_flags();

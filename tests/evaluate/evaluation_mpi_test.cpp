@@ -34,8 +34,8 @@ TEST_P(AcrossRanks, TwoRanksGiveWhatOneRankGives) {
   const auto style = styles.index_select(0, torch::tensor(style_of_pair, torch::kLong));
 
   auto alone = comm::make_communicator(comm::Environment{}, {});
-  const auto expected = evaluate(generator, slice_eval_set(content, style, style_of_pair, 0, 1), *alone, {2, false});
-  const auto actual = evaluate(generator, slice_eval_set(content, style, style_of_pair, ranks.rank(), 2), ranks, {2, false});
+  const auto expected = evaluate(generator, slice_eval_set(content, style, style_of_pair, 0, 1), *alone, {2, "random_vgg"});
+  const auto actual = evaluate(generator, slice_eval_set(content, style, style_of_pair, ranks.rank(), 2), ranks, {2, "random_vgg"});
   EXPECT_EQ(actual.pairs, expected.pairs);
   EXPECT_EQ(actual.style_images, expected.style_images);
   EXPECT_EQ(actual.distances_skipped, expected.distances_skipped);

@@ -33,8 +33,8 @@ class Evaluation : public ::testing::Test {
   EvalSetOptions set_options(int64_t pairs = 0) const {
     return {{(root / "content").string()}, {(root / "style").string()}, pairs, 32};
   }
-  EvalResult run(const EvalSet& set, int64_t batch = 4, bool imagenet = false) {
-    return evaluate(generator, set, *comm, {batch, imagenet});
+  EvalResult run(const EvalSet& set, int64_t batch = 4, const std::string& loss_network = "random_vgg") {
+    return evaluate(generator, set, *comm, {batch, loss_network});
   }
 
   fs::path root;
@@ -126,7 +126,7 @@ TEST_F(Evaluation, BatchSizeDoesNotChangeTheNumbers) {
 
 TEST_F(Evaluation, ImageNetWeightsNameTheDistanceVggFidAndModeIsRestored) {
   generator->train();
-  const auto result = run(load_eval_set(set_options(), 0, 1), 4, /*imagenet=*/true);
+  const auto result = run(load_eval_set(set_options(), 0, 1), 4, "vgg");
   EXPECT_TRUE(generator->is_training());
   EXPECT_EQ(result.distance_name, "VGG-FID");
   EXPECT_GT(metric(result, "vgg_fid"), 0);

@@ -125,10 +125,10 @@ TEST_F(TrainingEvaluation, CycleGANLogsTranslationAndCycleNumbersAndTrainingIsUn
   models::ResnetGenerator a2b(config.model.resnet), b2a(config.model.resnet);
   torch::load(a2b, (checkpoint / "generator_a.pt").string());
   torch::load(b2a, (checkpoint / "generator_b.pt").string());
-  models::VGGEncoder loss_network(config.model.generator.encoder);
+  models::Encoder loss_network(config.model.generator.encoder);
   const auto comm = comm::make_communicator(comm::Environment{}, {});
   const auto set = evaluate::load_eval_set({config.eval.content, config.eval.style, config.eval.pairs, 32}, 0, 1);
-  const auto direct = evaluate::evaluate(a2b, b2a, loss_network, set, *comm, {config.train.batch_size, false});
+  const auto direct = evaluate::evaluate(a2b, b2a, loss_network, set, *comm, {config.train.batch_size, "random_vgg"});
   for (const auto& m : direct.metrics) {
     const std::string key = "eval/" + m.key;
     ASSERT_TRUE(lines[1].contains(key)) << key;

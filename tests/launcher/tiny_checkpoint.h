@@ -31,7 +31,9 @@ inline void write_pattern_image(const std::filesystem::path& path, int width, in
 class TinyCheckpoint {
  public:
   // family "cyclegan": ResNet generators of width 4 with one block.
-  explicit TinyCheckpoint(const std::string& family = "adain") {
+  // encoder "squeezenet1_1": the shipped SqueezeNet as (AdaIN's) encoder and
+  // loss network, with a held-out evaluation at step 2.
+  explicit TinyCheckpoint(const std::string& family = "adain", const std::string& encoder = "vgg19") {
     root = std::filesystem::temp_directory_path() / ("atelier-ckpt-" + std::to_string(std::random_device{}()));
     for (int i = 0; i < 3; ++i) write_pattern_image(root / "content" / ("c" + std::to_string(i) + ".png"), 48, 40, i);
     for (int i = 0; i < 2; ++i) write_pattern_image(root / "style" / ("s" + std::to_string(i) + ".png"), 40, 40, 10 + i);
@@ -53,6 +55,13 @@ class TinyCheckpoint {
       config.model.family = family;
       config.model.resnet = {4, 1};
       config.loss.adversarial = models::Adversarial::LSGAN;
+    }
+    if (encoder != "vgg19") {
+      config.model.generator.encoder.network = encoder;
+      config.eval.every_steps = 2;
+      config.eval.content = config.data.content;
+      config.eval.style = config.data.style;
+      config.eval.pairs = 3;
     }
     trainer::train(config, dump_config(config), /*resume=*/false);
     run_dir = root / "runs" / "tiny";

@@ -8,7 +8,7 @@
 #include "tests/models/state_dict_helpers.h"
 
 using atelier::models::EncoderOptions;
-using atelier::models::VGGEncoder;
+using atelier::models::Encoder;
 
 class AdainVggFormats : public StateDictVgg, public ::testing::WithParamInterface<const char*> {};
 class AdainVgg : public StateDictVgg {};
@@ -17,7 +17,7 @@ class OtherNetworkFiles : public StateDictFiles {};
 TEST_P(AdainVggFormats, FeaturesEqualWhatPythonComputesFromTheSameFile) {
   const auto reference = read_reference(file("vgg19_reference.pth"));
   EXPECT_EQ(atelier::models::detect_vgg_layout(file(GetParam())), "adain");
-  VGGEncoder encoder(EncoderOptions{64, file(GetParam())});
+  Encoder encoder(EncoderOptions{64, file(GetParam())});
   ASSERT_TRUE(encoder->pretrained());
   EXPECT_EQ(encoder->options.layout, "adain");
   torch::NoGradGuard no_grad;
@@ -46,7 +46,7 @@ TEST_F(AdainVgg, TheLayoutIsTheFilesAndAnotherIsRefused) {
   EncoderOptions asked{64, file("vgg_normalised.pth")};
   asked.layout = "torchvision";
   try {
-    VGGEncoder encoder(asked);
+    Encoder encoder(asked);
     ADD_FAILURE() << "an AdaIN file loaded as torchvision's";
   } catch (const ModelError& e) {
     EXPECT_NE(std::string(e.what()).find("is a AdaIN normalised VGG state dict, but layout 'torchvision' was asked for"),
@@ -56,7 +56,7 @@ TEST_F(AdainVgg, TheLayoutIsTheFilesAndAnotherIsRefused) {
 }
 
 TEST_F(AdainVgg, AMissingKeyOrAShapeMismatchNamesTheLayer) {
-  VGGEncoder encoder(EncoderOptions{64, file("vgg_normalised_legacy.pth")});
+  Encoder encoder(EncoderOptions{64, file("vgg_normalised_legacy.pth")});
   const auto state = load_state_dict(file("vgg_normalised_legacy.pth"));
   auto missing = state;
   missing.erase("9.bias");

@@ -32,10 +32,10 @@ torch::Tensor images(int64_t batch, int64_t size) {
 }
 
 // The encoder's convs under torchvision's keys, as a .pth file would hold them.
-std::map<std::string, torch::Tensor> torchvision_state(VGGEncoder& encoder) {
+std::map<std::string, torch::Tensor> torchvision_state(Encoder& encoder) {
   std::map<std::string, torch::Tensor> state;
-  for (auto* slice : {&encoder->slice1, &encoder->slice2, &encoder->slice3, &encoder->slice4}) {
-    for (const auto& item : (*slice)->named_parameters()) {
+  for (auto& slice : encoder->slices) {
+    for (const auto& item : slice->named_parameters()) {
       state["features." + item.key()] = item.value().detach().clone();
     }
   }
@@ -52,7 +52,7 @@ void expect_same_parameters(torch::nn::Module& a, torch::nn::Module& b) {
 }
 
 TEST(VggEncoder, FeaturesHaveVggChannelsAndHalveResolutionPerBlock) {
-  VGGEncoder encoder(tiny_encoder());
+  Encoder encoder(tiny_encoder());
   const auto features = encoder->forward_features(images(2, 32));
   ASSERT_EQ(features.size(), 4u);
   EXPECT_EQ(features[0].sizes(), (std::vector<int64_t>{2, kWidth, 32, 32}));
@@ -63,46 +63,46 @@ TEST(VggEncoder, FeaturesHaveVggChannelsAndHalveResolutionPerBlock) {
 }
 
 TEST(VggEncoder, ForwardIsRelu41Features) {
-  VGGEncoder encoder(tiny_encoder());
+  Encoder encoder(tiny_encoder());
   const auto input = images(2, 32);
   EXPECT_TRUE(torch::equal(encoder->forward(input), encoder->forward_features(input).back()));
 }
 
 TEST(VggEncoder, NormalisationConstantsAreBuffersNotParameters) {
-  VGGEncoder encoder(tiny_encoder());
+  Encoder encoder(tiny_encoder());
   EXPECT_EQ(encoder->named_buffers().size(), 2u);
   EXPECT_EQ(encoder->parameters().size(), 2u * 9u);  // 9 convs, weight and bias each
   EXPECT_FALSE(encoder->pretrained());
 }
 
 TEST(VggEncoder, RandomInitIsSameForSameSeedAndDiffersForAnother) {
-  VGGEncoder first(tiny_encoder(7));
-  VGGEncoder second(tiny_encoder(7));
-  VGGEncoder other(tiny_encoder(8));
+  Encoder first(tiny_encoder(7));
+  Encoder second(tiny_encoder(7));
+  Encoder other(tiny_encoder(8));
   expect_same_parameters(*first, *second);
-  EXPECT_FALSE(torch::equal(first->slice4->named_parameters()["19.weight"],
-                            other->slice4->named_parameters()["19.weight"]));
+  EXPECT_FALSE(torch::equal(first->slices[3]->named_parameters()["19.weight"],
+                            other->slices[3]->named_parameters()["19.weight"]));
 }
 
 TEST(VggEncoder, RandomInitLeavesGlobalRngStreamUntouched) {
   torch::manual_seed(123);
   const auto expected = torch::rand({8});
   torch::manual_seed(123);
-  VGGEncoder encoder(tiny_encoder());
+  Encoder encoder(tiny_encoder());
   EXPECT_TRUE(torch::equal(torch::rand({8}), expected));
 }
 
 TEST(VggEncoder, LoadTorchvisionCopiesEveryConvByFeatureIndex) {
-  VGGEncoder source(tiny_encoder(1));
-  VGGEncoder target(tiny_encoder(2));
+  Encoder source(tiny_encoder(1));
+  Encoder target(tiny_encoder(2));
   target->load_torchvision(torchvision_state(source));
   expect_same_parameters(*source, *target);
   EXPECT_TRUE(target->pretrained());
 }
 
 TEST(VggEncoder, LoadTorchvisionNamesMissingKey) {
-  VGGEncoder source(tiny_encoder(1));
-  VGGEncoder target(tiny_encoder(2));
+  Encoder source(tiny_encoder(1));
+  Encoder target(tiny_encoder(2));
   auto state = torchvision_state(source);
   ASSERT_EQ(state.erase("features.10.weight"), 1u);
   try {
@@ -116,9 +116,9 @@ TEST(VggEncoder, LoadTorchvisionNamesMissingKey) {
 }
 
 TEST(VggEncoder, LoadTorchvisionNamesShapeMismatchAndLeavesWeightsUnchanged) {
-  VGGEncoder source(tiny_encoder(1));
-  VGGEncoder target(tiny_encoder(2));
-  VGGEncoder untouched(tiny_encoder(2));
+  Encoder source(tiny_encoder(1));
+  Encoder target(tiny_encoder(2));
+  Encoder untouched(tiny_encoder(2));
   auto state = torchvision_state(source);
   state["features.5.weight"] = torch::zeros({7, kWidth, 3, 3});
   try {
@@ -137,7 +137,7 @@ TEST(VggEncoder, LoadTorchvisionNamesShapeMismatchAndLeavesWeightsUnchanged) {
 TEST(VggEncoder, PretrainedWeightsRequireVggWidth) {
   auto options = tiny_encoder();
   options.weights_path = "/nonexistent/vgg19.pth";
-  EXPECT_THROW(VGGEncoder{options}, ModelError);
+  EXPECT_THROW(Encoder{options}, ModelError);
 }
 
 TEST(AdaIN, ChannelMeanStdUsesBiasedVarianceWithEpsInsideSqrt) {

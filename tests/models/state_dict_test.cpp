@@ -293,7 +293,7 @@ TEST_P(StateDictVggFormats, ValuesMatchWhatPythonSaved) {
 
 TEST_P(StateDictVggFormats, EncoderMatchesTorchvisionRelu4_1) {
   const auto reference = read_reference(file("vgg19_reference.pth"));
-  atelier::models::VGGEncoder encoder(atelier::models::EncoderOptions{64, file(GetParam())});
+  atelier::models::Encoder encoder(atelier::models::EncoderOptions{64, file(GetParam())});
   ASSERT_TRUE(encoder->pretrained());
   torch::NoGradGuard no_grad;
   const torch::Tensor output = encoder->forward(reference.at("input").toTensor());
