@@ -63,7 +63,7 @@ Model make_model(int64_t width, int64_t size, int64_t batch) {
 void bench_stall(Model& m, const fs::path& dir, int rounds, int every) {
   auto comm = comm::make_communicator(comm::detect_environment(), {});
   checkpoint::CheckpointCoordinator coordinator(dir / "stall", comm, {true, checkpoint::WhenBusy::Wait, 2, 0, "", 60});
-  const trainer::RunConfigText text{"bench: 1\n", trainer::config_hash("bench: 1\n")};
+  const trainer::RunConfigText text{"bench: 1\n", trainer::config_hash("bench: 1\n"), "random VGG"};
   std::vector<double> plain, saving, block_plain, block_saving;
   int step = 0;
   for (int r = 0; r < rounds; ++r) {

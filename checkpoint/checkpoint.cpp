@@ -117,7 +117,7 @@ Manifest manifest_of(const CheckpointInfo& info, std::vector<FileEntry> files) {
                           std::to_string(history.back().world_size) + " rank(s) but the checkpoint is of " +
                           std::to_string(info.world_size));
   return {1, atelier_version(), info.step, info.epoch, info.world_size, info.config_hash, utc_now(),
-          std::move(files), std::move(history)};
+          std::move(files), std::move(history), info.loss_network};
 }
 
 void write_manifest(const fs::path& dir, const Manifest& m) {
@@ -127,10 +127,11 @@ void write_manifest(const fs::path& dir, const Manifest& m) {
   for (const auto& span : m.world_history)
     history.push_back(
         {{"from_step", span.from_step}, {"world_size", span.world_size}, {"global_batch", span.global_batch}});
-  const nlohmann::json j = {{"format_version", m.format_version}, {"atelier_version", m.atelier_version},
+  nlohmann::json j = {{"format_version", m.format_version}, {"atelier_version", m.atelier_version},
                             {"step", m.step}, {"epoch", m.epoch}, {"world_size", m.world_size},
                             {"world_history", history}, {"config_hash", m.config_hash}, {"created", m.created},
                             {"files", files}};
+  if (!m.loss_network.empty()) j["loss_network"] = m.loss_network;
   write_file_synced(dir / kManifest, j.dump(2) + "\n");
 }
 
@@ -257,6 +258,7 @@ Manifest read_manifest(const fs::path& checkpoint_dir) {
                                    span.at("global_batch").get<int64_t>()});
     }
     if (m.world_history.empty()) m.world_history.push_back({0, m.world_size, 0});
+    if (j.contains("loss_network")) j.at("loss_network").get_to(m.loss_network);
     if (m.format_version != 1)
       throw CheckpointError("'" + path.string() + "' has format_version " + std::to_string(m.format_version) +
                             "; this atelier reads version 1");

@@ -56,6 +56,9 @@ struct Manifest {
   // Every world size the run was trained with, oldest first; the last span's
   // world_size is `world_size`. Manifests without the key read as one span.
   std::vector<WorldSpan> world_history;
+  // The loss network the model was trained with, in words ("SqueezeNet 1.1
+  // (ImageNet)", "random VGG (width 32, seed 19)"); empty in older manifests.
+  std::string loss_network;
 };
 
 // What the caller knows about the state it saves.
@@ -65,6 +68,7 @@ struct CheckpointInfo {
   int64_t world_size = 1;
   std::string config_hash;
   std::vector<WorldSpan> world_history = {};  // empty: one span of world_size from step 0
+  std::string loss_network = "";             // recorded in the manifest when not empty
 };
 
 // "2 ranks (steps 1-40), 1 rank (41-60)": a history in words, up to `step`.

@@ -138,7 +138,8 @@ std::string pair_page(const json& pair) {
 std::string index_page(const json& summary, const std::string& config_yaml, const std::string& curves) {
   std::string body = "<h1>atelier explain</h1><p>checkpoint <code>" + escape(summary["checkpoint"]) +
                      "</code>, step <b>" + value_text(summary["step"]) + "</b>, images " +
-                     value_text(summary["size"]) + " px</p><h2>training losses</h2><div>" + curves +
+                     value_text(summary["size"]) + " px, loss network <b>" + escape(summary["loss_network"]) +
+                     "</b></p><h2>training losses</h2><div>" + curves +
                      "</div><h2>pairs</h2><table><tr><th>pair</th><th>content | style | output</th><th>key numbers</th></tr>";
   for (const auto& pair : summary["pairs"]) {
     const std::string href = "pair-" + value_text(pair["pair"]) + ".html";
@@ -163,8 +164,14 @@ void write_report(const ExplainOptions& options, const std::vector<std::string>&
   std::vector<json> pairs;
   for (const auto& text : pair_summaries) pairs.push_back(json::parse(text));
   std::sort(pairs.begin(), pairs.end(), [](const json& a, const json& b) { return a["pair"] < b["pair"]; });
+  // Older manifests do not say; a SqueezeNet encoder is always the shipped, pretrained one.
+  std::string loss_network = manifest.loss_network;
+  if (loss_network.empty())
+    loss_network = options.generator.encoder.network == "squeezenet1_1" ? models::describe_encoder(options.generator.encoder)
+                                                                        : "not recorded (checkpoint of an older atelier)";
   json summary = {{"checkpoint", dir.string()},
                   {"step", manifest.step},
+                  {"loss_network", loss_network},
                   {"size", options.size},
                   {"methods", options.methods.empty() ? method_names() : options.methods},
                   {"pairs", pairs}};

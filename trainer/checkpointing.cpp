@@ -88,7 +88,7 @@ checkpoint::SaveRequest checkpoint_request(GanModel& gan, const RunPosition& pos
                                            const RunConfigText& config, double lr_factor) {
   const int64_t world_size = history.back().world_size;
   checkpoint::SaveRequest request;
-  request.info = {position.step, position.cursor.epoch, world_size, config.hash, history};
+  request.info = {position.step, position.cursor.epoch, world_size, config.hash, history, config.loss_network};
   request.shared = gan.snapshot();
   const nlohmann::json state = {{"step", position.step},          {"epoch", position.cursor.epoch},
                                 {"cursor", cursor_json(position.cursor)}, {"lr_factor", lr_factor},

@@ -33,6 +33,7 @@ struct RunPosition {
 struct RunConfigText {
   std::string yaml;
   std::string hash;
+  std::string loss_network;  // models::describe_encoder, for the manifest
 };
 
 std::string config_hash(const std::string& resolved_yaml);

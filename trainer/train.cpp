@@ -383,7 +383,8 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   check_sources(config);
   const auto env = comm::detect_environment();
   const auto device = training_device(config, env);
-  Run run{config, fs::path(config.run.dir) / config.run.name, {resolved_yaml, config_hash(resolved_yaml)},
+  Run run{config, fs::path(config.run.dir) / config.run.name,
+          {resolved_yaml, config_hash(resolved_yaml), models::describe_encoder(config.model.generator.encoder)},
           comm::make_communicator(env, {config.dist.backend, config.dist.timeout_s, device.device}), device.device,
           {}};
   run.micro_batches = micro_batches_per_step(config.train.global_batch, config.train.batch_size, run.comm->world_size());

@@ -60,7 +60,7 @@ class Device : public ::testing::Test {
     for (const std::string& set :
          {"run.dir=" + (tiny.root / "runs").string(), "run.name=" + name, "data.content=" + (tiny.root / "content").string(),
           "data.style=" + (tiny.root / "style").string(), std::string("data.load_size=40"),
-          std::string("data.crop_size=32"), std::string("data.workers=1"), std::string("model.encoder_width=4"),
+          std::string("data.crop_size=32"), std::string("data.workers=1"), std::string("model.encoder=vgg19"), std::string("model.encoder_width=4"),
           std::string("model.decoder_width=4"), std::string("model.disc_width=4"), std::string("train.steps=1"),
           std::string("train.batch_size=1"), std::string("train.sample_count=1"), std::string("train.threads=1"),
           "train.device=" + device})

@@ -53,7 +53,7 @@ TEST(ServeDataCommand, TrainingFromTheServiceMatchesTrainingFromTheFolder) {
   ASSERT_GT(port, 0) << server.output();
 
   const std::string common = " --set run.dir=" + (root / "runs").string() +
-                             " --set run.log_level=warn --set model.encoder_width=4 --set model.decoder_width=4"
+                             " --set run.log_level=warn --set model.encoder=vgg19 --set model.encoder_width=4 --set model.decoder_width=4"
                              " --set model.disc_width=4 --set data.load_size=40 --set data.crop_size=32"
                              " --set train.batch_size=2 --set train.steps=4 --set train.threads=1"
                              " --set train.sample_every=4 --set train.sample_count=1 --set checkpoint.every_steps=4";

@@ -47,6 +47,8 @@ TEST(SqueezeNetRun, AdainTrainsWithItAndEveryCommandUsesIt) {
   const TinyCheckpoint tiny("adain", "squeezenet1_1");
   const auto config = read_text(tiny.trained() / "config.yaml");
   EXPECT_NE(config.find("encoder: squeezenet1_1"), std::string::npos) << config;
+  const auto manifest = json::parse(read_text(tiny.trained() / "manifest.json"));
+  EXPECT_EQ(manifest["loss_network"], "SqueezeNet 1.1 (ImageNet)");
   const auto log = read_text(tiny.run_dir / "log.txt");
   EXPECT_EQ(log.find("fixed random VGG"), std::string::npos) << log;
   const auto held_out = last_with(tiny.run_dir / "metrics.jsonl", "eval/squeezenet_fd");
@@ -81,7 +83,13 @@ TEST(SqueezeNetRun, AdainTrainsWithItAndEveryCommandUsesIt) {
                     " --size 32 --methods features adain style_layers alpha_sweep");
   ASSERT_EQ(ran.status, 0) << ran.output;
   const auto html = read_text(tiny.root / "explain" / "report.html");
-  for (const char* text : {"fire2", "fire4", "relu1"}) EXPECT_NE(html.find(text), std::string::npos) << text;
+  for (const char* text : {"loss network <b>SqueezeNet 1.1 (ImageNet)</b>"})
+    EXPECT_NE(html.find(text), std::string::npos) << text;
+  const auto summary = json::parse(read_text(tiny.root / "explain" / "summary.json"));
+  EXPECT_EQ(summary["loss_network"], "SqueezeNet 1.1 (ImageNet)");
+  // The feature, AdaIN and style-layer sections are SqueezeNet's layers.
+  const auto pair = read_text(tiny.root / "explain" / "pair-0.html");
+  for (const char* text : {"fire2", "fire4", "relu1"}) EXPECT_NE(pair.find(text), std::string::npos) << text;
 }
 
 TEST(SqueezeNetRun, CycleganEvaluatesWithIt) {

@@ -92,7 +92,7 @@ TEST(AutoResume, StartsFreshWithoutACheckpointAndResumesWithOne) {
   const std::string args = " --set run.dir=" + (root / "runs").string() + " --set run.name=a" +
                            " --set data.content=" + (root / "content").string() + " --set data.style=" +
                            (root / "style").string() +
-                           " --set data.load_size=40 --set data.crop_size=32 --set model.encoder_width=4"
+                           " --set data.load_size=40 --set data.crop_size=32 --set model.encoder=vgg19 --set model.encoder_width=4"
                            " --set model.decoder_width=4 --set model.disc_width=4 --set train.batch_size=1"
                            " --set train.sample_every=1000 --set checkpoint.every_steps=2";
   const auto first = run_atelier("train --auto-resume" + args + " --set train.steps=2");

@@ -157,7 +157,7 @@ TEST_P(VggTraining, TrainsWithItSaysWhatItReadAndStylizesFromTheCheckpoint) {
        {"run.dir=" + (root / "runs").string(), std::string("run.name=vgg"), std::string("run.log_level=info"),
         "data.content=" + (root / "content").string(), "data.style=" + (root / "style").string(),
         std::string("data.load_size=40"), std::string("data.crop_size=32"), std::string("data.workers=1"),
-        std::string("model.encoder_width=64"), std::string("model.decoder_width=64"),
+        std::string("model.encoder=vgg19"), std::string("model.encoder_width=64"), std::string("model.decoder_width=64"),
         std::string("model.disc_width=4"), "model.vgg_weights=" + file(weights), std::string("train.steps=1"),
         std::string("train.batch_size=1"), std::string("train.sample_count=1")})
     sets += " --set '" + set + "'";

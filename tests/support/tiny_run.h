@@ -15,16 +15,20 @@
 namespace atelier::testing_support {
 
 // ` --set key=value ...` of a tiny `atelier train` run named `name` under
-// root/runs, reading root/content and root/style.
+// root/runs, reading root/content and root/style, with a width-4 random VGG.
 inline std::string tiny_train_args(const std::filesystem::path& root, const std::string& name, int steps, int batch,
                                    int checkpoint_every = 1000) {
   const std::vector<std::string> sets = {
       "run.dir=" + (root / "runs").string(), "run.name=" + name, "run.log_level=warn",
       "data.content=" + (root / "content").string(), "data.style=" + (root / "style").string(),
-      "data.load_size=40", "data.crop_size=32", "data.workers=1", "model.encoder_width=4",
+      "data.load_size=40", "data.crop_size=32", "data.workers=1", "model.encoder=vgg19", "model.encoder_width=4",
       "model.decoder_width=4", "model.disc_width=4", "train.threads=1", "train.steps=" + std::to_string(steps),
       "train.batch_size=" + std::to_string(batch), "train.sample_every=1000", "train.sample_count=1",
-      "checkpoint.every_steps=" + std::to_string(checkpoint_every), "dist.timeout_s=120"};
+      "checkpoint.every_steps=" + std::to_string(checkpoint_every), "dist.timeout_s=120",
+      // The tolerances of the multi-rank comparisons were set at these, the
+      // demo's values before it moved to SqueezeNet; pinned, so that tuning
+      // the demo does not move them.
+      "optim.lr_g=0.0002", "loss.adversarial_weight=0.1", "loss.style_weight=5"};
   std::string args;
   for (const auto& s : sets) args += " --set " + s;
   return args;
