@@ -248,6 +248,11 @@ struct ServerOptions {
   int64_t workers = 4;          // decode/augment threads
   int64_t io_threads = 1;       // threads running the Asio io_context
   int64_t queue_batches = 4;    // per client: requests accepted but not yet sent
+  // A client must authenticate within this many seconds of connecting, and
+  // finish every message within it of the message's first byte; a stalled
+  // connection is closed with an Error naming the stall. Waiting between
+  // messages is not limited (a trainer may pause to checkpoint or evaluate).
+  double frame_timeout_s = 30;
 };
 
 // Counters of a running server, for logs and tests.
@@ -255,6 +260,8 @@ struct ServerStats {
   int64_t connections = 0;          // accepted so far
   int64_t refused = 0;              // hellos with a wrong token
   int64_t oversize = 0;             // messages refused for their length
+  int64_t malformed = 0;            // other protocol violations (magic, version, type, order, payload)
+  int64_t stalled = 0;              // connections closed for not finishing a handshake or message in time
   int64_t batches_sent = 0;         // batches fully written
   int64_t queued_batches = 0;       // requests accepted and not yet sent, all clients
   int64_t peak_client_queue = 0;    // most requests one client ever had queued

@@ -77,7 +77,8 @@ struct ServerCore {
   std::mutex connections_mutex;                       // guards `connections`
   std::vector<std::weak_ptr<Connection>> connections;  // for shutting down
 
-  std::atomic<int64_t> connections_count{0}, refused{0}, oversize{0}, batches_sent{0}, queued{0}, peak_queue{0};
+  std::atomic<int64_t> connections_count{0}, refused{0}, oversize{0}, malformed{0}, stalled{0}, batches_sent{0},
+      queued{0}, peak_queue{0};
 
   explicit ServerCore(ServerOptions o)
       : options(std::move(o)),
@@ -91,7 +92,7 @@ struct ServerCore {
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(ServerCore& server, tcp::socket socket)
-      : server_(server), socket_(std::move(socket)), strand_(asio::make_strand(server.io)) {
+      : server_(server), socket_(std::move(socket)), strand_(asio::make_strand(server.io)), deadline_(strand_) {
     boost::system::error_code ignored;
     peer_ = socket_.remote_endpoint(ignored).address().to_string() + ":" +
             std::to_string(socket_.remote_endpoint(ignored).port());
@@ -104,12 +105,22 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   void send(proto::Type type, const std::vector<uint8_t>& payload, bool then_close);
   void read_header();
+  void header_bytes(size_t got);
   void read_payload(proto::Header header);
+  // The frame deadline (ServerOptions::frame_timeout_s): armed at connect
+  // and at a message's first byte once authenticated, disarmed when the
+  // handshake or the message is complete.
+  void arm_deadline(const std::string& stall);
+  void disarm_deadline();
   void handle(proto::Header header);
   void handle_request(const proto::Request& request);
   void build(const proto::Request& request, const std::shared_ptr<Pending>& pending);
   void write_next();
   void fail(const std::string& why);
+  void malformed(const std::string& why) {
+    ++server_.malformed;
+    fail(why);
+  }
   std::shared_ptr<Samplers> samplers_for(uint64_t seed);
 
   ServerCore& server_;
@@ -119,6 +130,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::array<uint8_t, proto::kNonceBytes> nonce_{};
   bool authenticated_ = false;
   std::array<uint8_t, proto::kHeaderBytes> header_{};
+  size_t header_have_ = 0;      // bytes of header_ read so far
+  asio::steady_timer deadline_;
+  uint64_t deadline_id_ = 0;    // expiries of an earlier arming are ignored
   std::vector<uint8_t> payload_;
   std::deque<std::shared_ptr<Pending>> queue_;  // requests in arrival order
   std::deque<std::shared_ptr<std::vector<uint8_t>>> control_;  // hello, welcome, error: before batches
@@ -132,11 +146,32 @@ class Connection : public std::enable_shared_from_this<Connection> {
 void Connection::start() {
   nonce_ = proto::random_nonce();
   send(proto::Type::ServerHello, std::vector<uint8_t>(nonce_.begin(), nonce_.end()), false);
+  arm_deadline("did not authenticate");
   read_header();
+}
+
+void Connection::arm_deadline(const std::string& stall) {
+  const uint64_t id = ++deadline_id_;
+  const double seconds = server_.options.frame_timeout_s;
+  deadline_.expires_after(std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6)));
+  deadline_.async_wait(
+      asio::bind_executor(strand_, [self = shared_from_this(), id, stall, seconds](boost::system::error_code ec) {
+        if (ec || id != self->deadline_id_ || self->close_after_) return;
+        ++self->server_.stalled;
+        char limit[32];
+        std::snprintf(limit, sizeof limit, "%g", seconds);
+        self->fail(self->peer_ + ": " + stall + " within " + limit + " s (frame_timeout_s)");
+      }));
+}
+
+void Connection::disarm_deadline() {
+  ++deadline_id_;
+  deadline_.cancel();
 }
 
 void Connection::close() {
   asio::post(strand_, [self = shared_from_this()] {
+    self->disarm_deadline();  // its handler holds the connection alive
     boost::system::error_code ignored;
     self->socket_.shutdown(tcp::socket::shutdown_both, ignored);
     self->socket_.close(ignored);
@@ -171,27 +206,46 @@ void Connection::read_header() {
   // Backpressure: no new request is read while this client's queue is full.
   if (static_cast<int64_t>(queue_.size()) >= server_.options.queue_batches) return;
   reading_ = true;
-  asio::async_read(socket_, asio::buffer(header_),
-                   asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec, size_t) {
-                     self->reading_ = false;
-                     if (ec) return;  // the client went away; pending work finds the socket closed
-                     proto::Header header;
-                     try {
-                       header = proto::decode_header(self->header_.data(), self->peer_);
-                     } catch (const proto::LengthError& e) {
-                       ++self->server_.oversize;
-                       return self->fail(e.what());
-                     } catch (const proto::ProtocolError& e) {
-                       return self->fail(e.what());
-                     }
-                     self->read_payload(header);
-                   }));
+  // Piecewise, so that the first byte of a message starts its deadline.
+  socket_.async_read_some(
+      asio::buffer(header_.data() + header_have_, header_.size() - header_have_),
+      asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec, size_t got) {
+        self->reading_ = false;
+        if (ec) return;  // the client went away; pending work finds the socket closed
+        self->header_bytes(got);
+      }));
+}
+
+void Connection::header_bytes(size_t got) {
+  if (header_have_ == 0 && authenticated_) arm_deadline("stalled mid-message: it did not arrive whole");
+  header_have_ += got;
+  if (header_have_ < header_.size()) {
+    reading_ = true;  // the rest of the header, whatever the queue
+    socket_.async_read_some(
+        asio::buffer(header_.data() + header_have_, header_.size() - header_have_),
+        asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec, size_t more) {
+          self->reading_ = false;
+          if (!ec) self->header_bytes(more);
+        }));
+    return;
+  }
+  header_have_ = 0;
+  proto::Header header;
+  try {
+    header = proto::decode_header(header_.data(), peer_);
+  } catch (const proto::LengthError& e) {
+    ++server_.oversize;
+    return fail(e.what());
+  } catch (const proto::ProtocolError& e) {
+    return malformed(e.what());
+  }
+  read_payload(header);
 }
 
 void Connection::read_payload(proto::Header header) {
   const proto::Type expected = authenticated_ ? proto::Type::Request : proto::Type::ClientHello;
   if (header.type != expected)
-    return fail("expected message type " + std::to_string(static_cast<int>(expected)) + ", got " +
+    return malformed(peer_ + ": expected message type " + std::to_string(static_cast<int>(expected)) + ", got " +
                 std::to_string(static_cast<int>(header.type)));
   // The length was checked against the type's cap in decode_header.
   payload_.resize(header.length);
@@ -204,7 +258,7 @@ void Connection::read_payload(proto::Header header) {
                      try {
                        self->handle(header);
                      } catch (const proto::ProtocolError& e) {
-                       self->fail(e.what());
+                       self->malformed(e.what());
                      }
                    }));
 }
@@ -217,6 +271,7 @@ void Connection::handle(proto::Header header) {
       return fail("authentication failed: the client does not hold this job's token");
     }
     authenticated_ = true;
+    disarm_deadline();
     const proto::Welcome welcome{static_cast<uint64_t>(server_.content.size()),
                                  static_cast<uint64_t>(server_.style.size()),
                                  server_.content.reader().fingerprint(), server_.style.reader().fingerprint(),
@@ -224,6 +279,7 @@ void Connection::handle(proto::Header header) {
     send(proto::Type::Welcome, proto::encode(welcome), false);
   } else {
     handle_request(proto::decode_request(payload_.data(), payload_.size(), peer_));
+    disarm_deadline();
   }
   read_header();
 }
@@ -372,6 +428,7 @@ LoaderServer::LoaderServer(ServerOptions options) {
   if (options.workers < 1 || options.io_threads < 1 || options.queue_batches < 1)
     throw DataError("loader server needs workers, io_threads and queue_batches >= 1");
   if (options.token.empty()) throw DataError("loader server needs a non-empty job token");
+  if (!(options.frame_timeout_s > 0)) throw DataError("loader server needs frame_timeout_s > 0");
   detail::keep_opencv_single_threaded();
   state_ = std::make_unique<State>(std::move(options));
   State& s = *state_;
@@ -408,6 +465,8 @@ ServerStats LoaderServer::stats() const {
   out.connections = s.connections_count;
   out.refused = s.refused;
   out.oversize = s.oversize;
+  out.malformed = s.malformed;
+  out.stalled = s.stalled;
   out.batches_sent = s.batches_sent;
   out.queued_batches = s.queued;
   out.peak_client_queue = s.peak_queue;

@@ -23,6 +23,7 @@ struct ServeArgs {
   std::string token_file;
   int64_t workers = 4;
   int64_t queue = 4;
+  double frame_timeout = 30;
 };
 
 int run_serve(const ServeArgs& args) {
@@ -34,6 +35,7 @@ int run_serve(const ServeArgs& args) {
   options.token = data::read_token_file(args.token_file);
   options.workers = args.workers;
   options.queue_batches = args.queue;
+  options.frame_timeout_s = args.frame_timeout;
   boost::asio::io_context signals_io;
   boost::asio::signal_set signals(signals_io, SIGINT, SIGTERM);
   data::LoaderServer server(options);
@@ -72,6 +74,11 @@ void add_serve_data_command(CLI::App& app, int& exit_code) {
       ->capture_default_str();
   cmd->add_option("--queue", args->queue, "Requests in flight per client (bounds memory per client)")
       ->check(CLI::Range(int64_t{1}, int64_t{1024}))
+      ->capture_default_str();
+  cmd->add_option("--frame-timeout", args->frame_timeout,
+                  "Seconds a client has to authenticate after connecting, and to finish each message it starts; "
+                  "a stalled connection is closed with an error")
+      ->check(CLI::Range(0.001, 3600.0))
       ->capture_default_str();
   cmd->footer("Runs until SIGINT or SIGTERM. The token never crosses the network: clients prove they hold it\n"
               "with an HMAC-SHA256 of a per-connection nonce.");

@@ -53,7 +53,7 @@ class ServiceTest : public ::testing::Test {
   }
 
   // A server of the shards; `queue` bounds each client's requests in flight.
-  data::LoaderServer& start_server(int64_t queue = 4, int64_t workers = 2) {
+  data::LoaderServer& start_server(int64_t queue = 4, int64_t workers = 2, double frame_timeout_s = 30) {
     data::ServerOptions options;
     options.content = path("shards/content").string();
     options.style = path("shards/style").string();
@@ -62,6 +62,7 @@ class ServiceTest : public ::testing::Test {
     options.token = kToken;
     options.workers = workers;
     options.queue_batches = queue;
+    options.frame_timeout_s = frame_timeout_s;
     servers_.push_back(std::make_unique<data::LoaderServer>(options));
     return *servers_.back();
   }

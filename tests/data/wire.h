@@ -1,0 +1,94 @@
+// Raw loopback sockets speaking (or breaking) the loader protocol by hand,
+// for the service tests that misbehave on purpose.
+#pragma once
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "data/protocol.h"
+#include "service_fixture.h"
+
+namespace atelier::data_tests {
+
+namespace proto = data::protocol;
+
+inline int connect_to(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  return fd;
+}
+
+inline void send_all(int fd, const std::vector<uint8_t>& bytes) {
+  size_t at = 0;
+  while (at < bytes.size()) {
+    const ssize_t sent = ::send(fd, bytes.data() + at, bytes.size() - at, MSG_NOSIGNAL);
+    ASSERT_GT(sent, 0);
+    at += static_cast<size_t>(sent);
+  }
+}
+
+// Reads exactly `size` bytes; false on end of stream.
+inline bool recv_all(int fd, uint8_t* out, size_t size) {
+  while (size > 0) {
+    const ssize_t got = ::recv(fd, out, size, 0);
+    if (got <= 0) return false;
+    out += got;
+    size -= static_cast<size_t>(got);
+  }
+  return true;
+}
+
+inline std::vector<uint8_t> message(proto::Type type, const std::vector<uint8_t>& payload) {
+  const auto header = proto::encode_header(type, static_cast<uint32_t>(payload.size()));
+  std::vector<uint8_t> out(header.begin(), header.end());
+  out.insert(out.end(), payload.begin(), payload.end());
+  return out;
+}
+
+// Reads one message; its header type and payload.
+inline std::pair<proto::Header, std::vector<uint8_t>> read_message(int fd) {
+  std::array<uint8_t, proto::kHeaderBytes> header{};
+  if (!recv_all(fd, header.data(), header.size())) return {proto::Header{proto::Type::Error, 0}, {}};
+  const auto h = proto::decode_header(header.data(), "server");
+  std::vector<uint8_t> payload(h.length);
+  EXPECT_TRUE(recv_all(fd, payload.data(), payload.size()));
+  return {h, payload};
+}
+
+// The client side of the handshake by hand, for tests that misbehave after it.
+inline int authenticated_socket(int port) {
+  const int fd = connect_to(port);
+  const auto hello = read_message(fd);
+  EXPECT_EQ(hello.first.type, proto::Type::ServerHello);
+  const auto mac = proto::proof(kToken, hello.second.data());
+  send_all(fd, message(proto::Type::ClientHello, std::vector<uint8_t>(mac.begin(), mac.end())));
+  EXPECT_EQ(read_message(fd).first.type, proto::Type::Welcome);
+  return fd;
+}
+
+// Waits for a server counter to reach a value; the deadline only guards
+// against a hang, the assertions are about the counters.
+template <typename Condition>
+inline bool eventually(Condition condition) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+}  // namespace atelier::data_tests
