@@ -105,6 +105,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   void send(proto::Type type, const std::vector<uint8_t>& payload, bool then_close);
   void read_header();
+  void read_header_bytes();
   void header_bytes(size_t got);
   void read_payload(proto::Header header);
   // The frame deadline (ServerOptions::frame_timeout_s): armed at connect
@@ -205,8 +206,12 @@ void Connection::read_header() {
   if (reading_ || close_after_ || server_.stopping) return;
   // Backpressure: no new request is read while this client's queue is full.
   if (static_cast<int64_t>(queue_.size()) >= server_.options.queue_batches) return;
+  read_header_bytes();
+}
+
+// Piecewise, so that the first byte of a message starts its deadline.
+void Connection::read_header_bytes() {
   reading_ = true;
-  // Piecewise, so that the first byte of a message starts its deadline.
   socket_.async_read_some(
       asio::buffer(header_.data() + header_have_, header_.size() - header_have_),
       asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec, size_t got) {
@@ -219,16 +224,7 @@ void Connection::read_header() {
 void Connection::header_bytes(size_t got) {
   if (header_have_ == 0 && authenticated_) arm_deadline("stalled mid-message: it did not arrive whole");
   header_have_ += got;
-  if (header_have_ < header_.size()) {
-    reading_ = true;  // the rest of the header, whatever the queue
-    socket_.async_read_some(
-        asio::buffer(header_.data() + header_have_, header_.size() - header_have_),
-        asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec, size_t more) {
-          self->reading_ = false;
-          if (!ec) self->header_bytes(more);
-        }));
-    return;
-  }
+  if (header_have_ < header_.size()) return read_header_bytes();  // the rest of the header, whatever the queue
   header_have_ = 0;
   proto::Header header;
   try {

@@ -13,6 +13,17 @@ namespace atelier::models {
 // training and evaluation.
 void add_norm(torch::nn::Sequential& layers, Norm norm, int64_t channels);
 
+// The loss networks' input statistics: ImageNet's mean and std as buffers
+// "imagenet_mean" / "imagenet_std" ([1, 3, 1, 1]; buffers, not parameters:
+// they move with .to(device) and land in checkpoints, but no optimiser may
+// touch them), and RGB in [0, 1] normalised with them.
+void register_imagenet_statistics(torch::nn::Module& module);
+torch::Tensor imagenet_normalised(torch::nn::Module& module, const torch::Tensor& x01);
+
+// Every Conv2d under `module`, in registration order (network order for
+// the loss networks, which register their layers in order).
+std::vector<torch::nn::Conv2d> convolutions(torch::nn::Module& module);
+
 // LibTorch's Conv2d constructor draws its default init from the global CPU
 // RNG. The loss networks overwrite those weights anyway, but the draws would
 // still shift every later random number of a seeded run, so building one

@@ -168,22 +168,15 @@ SqueezeNetImpl::SqueezeNetImpl(const std::string& weights_dir, bool with_classif
   features = torch::nn::Sequential();
   for (int64_t i = 0; i <= 12; ++i) add_squeezenet_layer(features, i);
   register_module("features", features);
-  std::vector<torch::nn::Conv2d> convs;
-  for (const auto& module : features->modules(/*include_self=*/false))
-    if (auto conv = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(module)) convs.emplace_back(conv);
-  if (with_classifier) {
+  if (with_classifier)
     classifier = register_module("classifier", torch::nn::Conv2d(torch::nn::Conv2dOptions(512, 1000, 1)));
-    convs.push_back(classifier);
-  }
-  load_squeezenet_weights(weights_dir, convs);
-  register_buffer("imagenet_mean", torch::tensor({0.485f, 0.456f, 0.406f}).view({1, 3, 1, 1}));
-  register_buffer("imagenet_std", torch::tensor({0.229f, 0.224f, 0.225f}).view({1, 3, 1, 1}));
+  load_squeezenet_weights(weights_dir, convolutions(*this));
+  register_imagenet_statistics(*this);
   for (auto& parameter : parameters()) parameter.set_requires_grad(false);
 }
 
 torch::Tensor SqueezeNetImpl::input(const torch::Tensor& images) {
-  const auto buffers = named_buffers(/*recurse=*/false);
-  return ((images + 1.0) * 0.5 - buffers["imagenet_mean"]) / buffers["imagenet_std"];
+  return imagenet_normalised(*this, (images + 1.0) * 0.5);
 }
 
 std::vector<torch::Tensor> SqueezeNetImpl::features_at(const torch::Tensor& normalised,

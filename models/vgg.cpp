@@ -163,6 +163,23 @@ std::string resolved_layout(const EncoderOptions& options) {
 
 }  // namespace
 
+void register_imagenet_statistics(torch::nn::Module& module) {
+  module.register_buffer("imagenet_mean", torch::tensor(kImageNetMean).view({1, 3, 1, 1}));
+  module.register_buffer("imagenet_std", torch::tensor(kImageNetStd).view({1, 3, 1, 1}));
+}
+
+torch::Tensor imagenet_normalised(torch::nn::Module& module, const torch::Tensor& x01) {
+  const auto buffers = module.named_buffers(/*recurse=*/false);
+  return (x01 - buffers["imagenet_mean"]) / buffers["imagenet_std"];
+}
+
+std::vector<torch::nn::Conv2d> convolutions(torch::nn::Module& module) {
+  std::vector<torch::nn::Conv2d> convs;
+  for (const auto& child : module.modules(/*include_self=*/false))
+    if (auto conv = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(child)) convs.emplace_back(conv);
+  return convs;
+}
+
 std::string describe_encoder(const EncoderOptions& options) {
   if (options.network == "squeezenet1_1") return "SqueezeNet 1.1 (ImageNet)";
   if (!options.weights_path.empty())
@@ -179,16 +196,10 @@ EncoderImpl::EncoderImpl(const EncoderOptions& options_) : options(options_) {
     throw ModelError("encoder network must be vgg19 or squeezenet1_1, got '" + options.network + "'");
   }
   for (size_t s = 0; s < slices.size(); ++s) register_module("slice" + std::to_string(s + 1), slices[s]);
-  // Buffers, not parameters: they move with .to(device) and land in
-  // checkpoints, but no optimiser may touch them.
-  register_buffer("imagenet_mean", torch::tensor(kImageNetMean).view({1, 3, 1, 1}));
-  register_buffer("imagenet_std", torch::tensor(kImageNetStd).view({1, 3, 1, 1}));
+  register_imagenet_statistics(*this);
   if (options.network == "squeezenet1_1") {
-    std::vector<torch::nn::Conv2d> convs;
-    for (auto& slice : slices)
-      for (const auto& module : slice->modules(/*include_self=*/false))
-        if (auto conv = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(module)) convs.emplace_back(conv);
-    load_squeezenet_weights(options.squeezenet_dir.empty() ? default_squeezenet_dir() : options.squeezenet_dir, convs);
+    load_squeezenet_weights(options.squeezenet_dir.empty() ? default_squeezenet_dir() : options.squeezenet_dir,
+                            convolutions(*this));
     pretrained_ = true;
   } else if (options.weights_path.empty()) {
     init_random(*this, options.random_seed);
@@ -262,8 +273,7 @@ void EncoderImpl::build_squeezenet() {
 torch::Tensor EncoderImpl::input(const torch::Tensor& images) {
   const auto x01 = (images + 1.0) * 0.5;
   if (options.network == "vgg19" && options.layout == "adain") return x01;
-  const auto buffers = named_buffers(/*recurse=*/false);
-  return (x01 - buffers["imagenet_mean"]) / buffers["imagenet_std"];
+  return imagenet_normalised(*this, x01);
 }
 
 EncodedFeatures EncoderImpl::encode(const torch::Tensor& images) {

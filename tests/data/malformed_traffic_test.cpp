@@ -42,16 +42,7 @@ std::vector<uint8_t> request_bytes(uint32_t count, uint32_t load, uint32_t crop)
   r.count = count;
   r.load_size = load;
   r.crop_size = crop;
-  // Encoded by hand: encode() is for valid requests, this one may not be.
-  proto::Writer w;
-  w.u64(r.id);
-  w.u64(r.seed);
-  w.u64(static_cast<uint64_t>(r.first));
-  w.u32(r.count);
-  w.u32(r.load_size);
-  w.u32(r.crop_size);
-  w.u8(0);
-  return message(proto::Type::Request, w.bytes);
+  return message(proto::Type::Request, proto::encode(r));  // encode() does not check bounds: the server must
 }
 
 std::vector<Abuse> abuses() {
