@@ -236,6 +236,39 @@ fs::path save(const fs::path& checkpoints_dir, const CheckpointInfo& info,
   return final_dir;
 }
 
+namespace {
+
+// A manifest comes from disk and checkpoints travel between machines: what
+// the writer never produces is refused here, before verify or a resume opens
+// a file it names. Names must stay inside the checkpoint directory.
+void check_manifest(const Manifest& m, const fs::path& path) {
+  const auto bad = [&](const std::string& why) {
+    throw CheckpointError("'" + path.string() + "' is not a valid manifest: " + why);
+  };
+  if (m.step < 0 || m.epoch < 0) bad("negative step or epoch");
+  if (m.world_size < 1) bad("world_size " + std::to_string(m.world_size) + " is not a number of ranks");
+  std::vector<std::string> names;
+  for (const auto& f : m.files) {
+    const fs::path name = fs::path(f.name).lexically_normal();
+    if (f.name.empty() || name.is_absolute() || name.empty() || name == "." || *name.begin() == ".." ||
+        f.name.find('\0') != std::string::npos)
+      bad("file name '" + f.name + "' is not a path inside the checkpoint");
+    names.push_back(name.string());
+  }
+  std::sort(names.begin(), names.end());
+  if (const auto twin = std::adjacent_find(names.begin(), names.end()); twin != names.end())
+    bad("file '" + *twin + "' is listed twice");
+  int64_t from = 0;
+  for (const auto& span : m.world_history) {
+    if (span.from_step < from || span.world_size < 1 || span.global_batch < 0)
+      bad("world_history span from step " + std::to_string(span.from_step) + " (world size " +
+          std::to_string(span.world_size) + ") is out of order or not a number of ranks");
+    from = span.from_step;
+  }
+}
+
+}  // namespace
+
 Manifest read_manifest(const fs::path& checkpoint_dir) {
   const auto path = checkpoint_dir / kManifest;
   std::ifstream in(path);
@@ -262,6 +295,7 @@ Manifest read_manifest(const fs::path& checkpoint_dir) {
     if (m.format_version != 1)
       throw CheckpointError("'" + path.string() + "' has format_version " + std::to_string(m.format_version) +
                             "; this atelier reads version 1");
+    check_manifest(m, path);
     return m;
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError("'" + path.string() + "' is not a valid manifest: " + e.what());

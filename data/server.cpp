@@ -105,6 +105,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   void send(proto::Type type, const std::vector<uint8_t>& payload, bool then_close);
   void read_header();
+  void peer_finished();
   void read_header_bytes();
   void header_bytes(size_t got);
   void read_payload(proto::Header header);
@@ -139,6 +140,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::deque<std::shared_ptr<std::vector<uint8_t>>> control_;  // hello, welcome, error: before batches
   bool writing_ = false;
   bool reading_ = false;       // a read is in flight
+  bool peer_finished_ = false;  // the client's side ended: answer what is queued, then close
   bool close_after_ = false;   // close once control_ is written
   std::mutex samplers_mutex_;            // guards samplers_ (workers use it)
   std::shared_ptr<Samplers> samplers_;  // for the seed of the latest request
@@ -202,8 +204,20 @@ void Connection::send(proto::Type type, const std::vector<uint8_t>& payload, boo
   write_next();
 }
 
+// The client closed its side (or the read failed): what it asked for is
+// still written, then the connection closes. Reading again would wait
+// forever: Asio's reactor does not report an end of stream twice.
+void Connection::peer_finished() {
+  peer_finished_ = true;
+  read_header();
+}
+
 void Connection::read_header() {
   if (reading_ || close_after_ || server_.stopping) return;
+  if (peer_finished_) {
+    if (queue_.empty() && control_.empty() && !writing_) close();
+    return;
+  }
   // Backpressure: no new request is read while this client's queue is full.
   if (static_cast<int64_t>(queue_.size()) >= server_.options.queue_batches) return;
   read_header_bytes();
@@ -216,7 +230,7 @@ void Connection::read_header_bytes() {
       asio::buffer(header_.data() + header_have_, header_.size() - header_have_),
       asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec, size_t got) {
         self->reading_ = false;
-        if (ec) return;  // the client went away; pending work finds the socket closed
+        if (ec) return self->peer_finished();
         self->header_bytes(got);
       }));
 }
@@ -250,7 +264,7 @@ void Connection::read_payload(proto::Header header) {
                    asio::bind_executor(strand_, [self = shared_from_this(), header](boost::system::error_code ec,
                                                                                    size_t) {
                      self->reading_ = false;
-                     if (ec) return;
+                     if (ec) return self->peer_finished();
                      try {
                        self->handle(header);
                      } catch (const proto::ProtocolError& e) {

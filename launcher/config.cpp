@@ -440,6 +440,12 @@ void resolve_vgg_layout(models::EncoderOptions& encoder) {
   encoder.layout = found;
 }
 
+// A mapping key as text; keys that are sequences or mappings are refused.
+std::string key_text(const YAML::Node& key, const std::string& origin) {
+  if (!key.IsScalar()) throw ConfigError(origin + ": a key must be a plain name, got '" + show(key) + "'");
+  return key.Scalar();
+}
+
 void apply_override(YAML::Node& root, const std::string& assignment) {
   const auto eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)
@@ -453,7 +459,11 @@ void apply_override(YAML::Node& root, const std::string& assignment) {
     throw ConfigError("--set " + key + ": value is not valid YAML: " + e.msg);
   }
   const auto dot = key.find('.');
-  root[key.substr(0, dot)][key.substr(dot + 1)] = value;
+  const auto section_name = key.substr(0, dot);
+  YAML::Node section = root[section_name];
+  if (section.IsDefined() && !section.IsNull() && !section.IsMap())
+    throw ConfigError("--set " + key + ": section '" + section_name + "' of the config is not a mapping of keys");
+  section[key.substr(dot + 1)] = value;
 }
 
 }  // namespace
@@ -473,22 +483,27 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   }
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   if (!root.IsMap()) throw ConfigError(origin + ": expected a mapping of sections at the top level");
-  for (const auto& assignment : overrides) apply_override(root, assignment);
-  apply_family_defaults(root);
-
   Config config;
-  for (const auto& section : root) {
-    const auto name = section.first.as<std::string>();
-    if (!section.second.IsMap()) {
-      if (keys_in(name).empty()) throw ConfigError(unknown_key_message(name, origin));
-      throw ConfigError(origin + ": section '" + name + "' must be a mapping of keys");
+  try {
+    for (const auto& assignment : overrides) apply_override(root, assignment);
+    apply_family_defaults(root);
+    for (const auto& section : root) {
+      const auto name = key_text(section.first, origin);
+      if (!section.second.IsMap()) {
+        if (keys_in(name).empty()) throw ConfigError(unknown_key_message(name, origin));
+        throw ConfigError(origin + ": section '" + name + "' must be a mapping of keys");
+      }
+      for (const auto& entry : section.second) {
+        const auto key = name + "." + key_text(entry.first, origin);
+        const Field* field = find_field(key);
+        if (!field) throw ConfigError(unknown_key_message(key, origin));
+        field->set(config, entry.second);
+      }
     }
-    for (const auto& entry : section.second) {
-      const auto key = name + "." + entry.first.as<std::string>();
-      const Field* field = find_field(key);
-      if (!field) throw ConfigError(unknown_key_message(key, origin));
-      field->set(config, entry.second);
-    }
+  } catch (const YAML::Exception& e) {
+    // Every value is read through checked accessors; this is the net under
+    // yaml-cpp's own throws for shapes none of them expected.
+    throw ConfigError(origin + ": " + e.what());
   }
   check_consistency(config);
   check_eval(config);

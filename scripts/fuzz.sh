@@ -14,7 +14,7 @@ build="${FUZZ_BUILD:-$root/build-fuzz}"
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(image_decode protocol shards)
+[ ${#targets[@]} -gt 0 ] || targets=(image_decode protocol handshake shards npy state_dict manifest events config)
 command -v clang++ >/dev/null || { echo "fuzz.sh needs clang (apt-get install clang libclang-rt-14-dev)" >&2; exit 1; }
 
 mkdir -p "$build"

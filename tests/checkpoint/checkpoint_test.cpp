@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <random>
 
 #include "checkpoint/checkpoint.h"
@@ -201,6 +202,37 @@ TEST_F(CheckpointDir, ResolveAcceptsStepDirLatestFileAndRunDir) {
   } catch (const CheckpointError& e) {
     EXPECT_NE(std::string(e.what()).find("step-7"), std::string::npos);
   }
+}
+
+// A manifest from another machine names files; none may lie outside the
+// checkpoint, and numbers the writer never writes are refused by name
+// (found by fuzzing read_manifest, tests/fuzz/manifest_fuzz.cpp).
+TEST_F(CheckpointDir, ManifestsNamingFilesOutsideTheCheckpointOrImpossibleWorldsAreRefused) {
+  const auto path = save_step(3, "abc");
+  std::ifstream in(path / "manifest.json");
+  const std::string good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto refused = [&](const std::string& from, const std::string& to, const std::string& why) {
+    std::string text = good;
+    const auto at = text.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    text.replace(at, from.size(), to);
+    std::ofstream(path / "manifest.json", std::ios::trunc) << text;
+    try {
+      verify(path, Check::Sizes);
+      ADD_FAILURE() << "accepted " << to;
+    } catch (const CheckpointError& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  };
+  refused("\"weights.bin\"", "\"../weights.bin\"", "'../weights.bin' is not a path inside the checkpoint");
+  refused("\"weights.bin\"", "\"/etc/hostname\"", "'/etc/hostname' is not a path inside the checkpoint");
+  refused("\"weights.bin\"", "\"ranks/../..\"", "is not a path inside the checkpoint");
+  refused("\"weights.bin\"", "\"\"", "'' is not a path inside the checkpoint");
+  refused("\"weights.bin\"", "\"ranks/rank-0.json\"", "file 'ranks/rank-0.json' is listed twice");
+  refused("\"world_size\": 1", "\"world_size\": 0", "not a number of ranks");
+  refused("\"step\": 3", "\"step\": -3", "negative step");
+  std::ofstream(path / "manifest.json", std::ios::trunc) << good;
+  EXPECT_NO_THROW(verify(path));
 }
 
 }  // namespace

@@ -6,7 +6,10 @@
 // mid-frame. The server refuses each with an Error naming the reason and
 // counts it, closes the connection, never crashes, and the good client gets
 // exactly the folder loader's batches: no sample lost or repeated.
+#include <sys/time.h>
+
 #include <atomic>
+#include <cerrno>
 #include <random>
 #include <thread>
 
@@ -175,6 +178,26 @@ TEST_F(ServiceTest, AnIdleAuthenticatedClientIsNotAStall) {
   EXPECT_EQ(reply.first.type, proto::Type::Batch);
   ::close(fd);
   EXPECT_EQ(server.stats().stalled, 0);
+}
+
+// A client that asks and then closes its side still gets every batch it asked
+// for, and then the server closes the connection: it used to read again after
+// the end of stream, which Asio never completes, and kept the connection (and
+// its socket) until the server stopped. Found by tests/fuzz/handshake_fuzz.cpp.
+TEST_F(ServiceTest, AClientThatClosesItsSideGetsItsBatchesAndThenTheEnd) {
+  shard_all();
+  auto& server = start_server();
+  for (const int requests : {1, 3}) {
+    const int fd = authenticated_socket(server.port());
+    timeval limit{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    for (int i = 0; i < requests; ++i) send_all(fd, request_bytes(2, 24, 16));
+    ::shutdown(fd, SHUT_WR);
+    for (int i = 0; i < requests; ++i) EXPECT_EQ(read_message(fd).first.type, proto::Type::Batch) << i;
+    uint8_t byte = 0;
+    EXPECT_EQ(::recv(fd, &byte, 1, 0), 0) << "the server neither closed nor said more (errno " << errno << ")";
+    ::close(fd);
+  }
 }
 
 }  // namespace atelier::data_tests

@@ -50,6 +50,21 @@ TEST(Config, UnknownSectionIsAnError) {
   EXPECT_NE(msg.find("unknown section 'trian'"), std::string::npos) << msg;
 }
 
+// Shapes found by fuzzing parse_config (tests/fuzz/config_fuzz.cpp): each
+// was a yaml-cpp exception escaping past every ConfigError handler.
+TEST(Config, SectionsAndKeysOfTheWrongShapeAreConfigErrors) {
+  auto msg = error_of("train: 5\n", {"train.device=cpu"});
+  EXPECT_NE(msg.find("--set train.device: section 'train' of the config is not a mapping of keys"), std::string::npos)
+      << msg;
+  msg = error_of("[a, b]: 1\n");
+  EXPECT_NE(msg.find("test.yaml: a key must be a plain name, got '[a, b]'"), std::string::npos) << msg;
+  msg = error_of("train:\n  [steps]: 3\n");
+  EXPECT_NE(msg.find("a key must be a plain name"), std::string::npos) << msg;
+  msg = error_of("model:\n  family: cyclegan\nloss: 3\n");
+  EXPECT_NE(msg.find("test.yaml: "), std::string::npos) << msg;
+  EXPECT_EQ(error_of("train:\n", {"train.steps=7"}), "");  // an empty section takes --set keys
+}
+
 TEST(Config, BadChoiceNamesAllowedValues) {
   const auto msg = error_of("", {"loss.adversarial=wgan"});
   EXPECT_NE(msg.find("loss.adversarial"), std::string::npos) << msg;
