@@ -5,6 +5,7 @@ namespace fs = std::filesystem;
 
 AdaINGAN::AdaINGAN(const Config& config, std::shared_ptr<comm::Communicator> comm, torch::Device device)
     : config_(config), comm_(std::move(comm)) {
+  init_loss_scaling(config.train);
   generator = models::AdaINGenerator(config.model.generator);
   discriminator = models::PatchDiscriminator(config.model.discriminator);
   // On the device before the optimisers and reducers see the parameters.
@@ -47,7 +48,7 @@ StepLosses AdaINGAN::step(const std::vector<MicroBatch>& micro, double lr_scale)
   const double loss_d = discriminator_step(micro, passes);
   auto losses = generator_step(passes);
   losses.d = loss_d;
-  return losses;
+  return with_loss_scale(losses);
 }
 
 double AdaINGAN::discriminator_step(const std::vector<MicroBatch>& micro, std::vector<Pass>& passes) {
@@ -77,15 +78,14 @@ double AdaINGAN::discriminator_step(const std::vector<MicroBatch>& micro, std::v
     // Only the last micro-batch's backward is reduced, with what the
     // others left in .grad (DDP's no_sync).
     if (reducer_d_ && j + 1 == k) reducer_d_->prepare(/*accumulated=*/k > 1);
-    micro_batch_share(loss_d, k).backward();
+    scaled(scaler_d_, micro_batch_share(loss_d, k)).backward();
     sum += loss_d.item<double>();
     passes.push_back(std::move(pass));
   }
   // The average over ranks replaces this rank's gradient before clipping,
   // so every replica clips and steps identically.
   if (reducer_d_) reducer_d_->finalize();
-  clip_gradients(discriminator->parameters(), config_.optim.grad_clip);
-  optimizer_d_->step();
+  finish_update(scaler_d_, *optimizer_d_, discriminator->parameters(), config_.optim.grad_clip);
   return sum / static_cast<double>(k);
 }
 
@@ -111,7 +111,7 @@ StepLosses AdaINGAN::generator_step(std::vector<Pass>& passes) {
     // Only G's reducer is armed: the gradients this backward leaves on D's
     // parameters are cleared by the next D step and never reduced.
     if (reducer_g_ && j + 1 == k) reducer_g_->prepare(/*accumulated=*/k > 1);
-    micro_batch_share(loss_g, k).backward();
+    scaled(scaler_g_, micro_batch_share(loss_g, k)).backward();
     pass = {};  // this micro-batch's graph is spent
     adv_sum += adv.item<double>();
     content_sum += content_term.item<double>();
@@ -120,8 +120,7 @@ StepLosses AdaINGAN::generator_step(std::vector<Pass>& passes) {
     g_sum += loss_g.item<double>();
   }
   if (reducer_g_) reducer_g_->finalize();
-  clip_gradients(generator->trainable_parameters(), config_.optim.grad_clip);
-  optimizer_g_->step();
+  finish_update(scaler_g_, *optimizer_g_, generator->trainable_parameters(), config_.optim.grad_clip);
   const double n = static_cast<double>(k);
   return {0, g_sum / n, {{"adv", adv_sum / n}, {"content", content_sum / n}, {"style", style_sum / n}, {"tv", tv_sum / n}}};
 }
@@ -139,8 +138,12 @@ std::vector<torch::Tensor> AdaINGAN::sample_columns(const torch::Tensor& content
 }
 
 std::vector<checkpoint::StateFile> AdaINGAN::snapshot() {
-  return {copied("generator.pt", *generator), copied("discriminator.pt", *discriminator),
-          copied("optimizer_g.pt", *optimizer_g_), copied("optimizer_d.pt", *optimizer_d_)};
+  std::vector<checkpoint::StateFile> files = {copied("generator.pt", *generator),
+                                              copied("discriminator.pt", *discriminator),
+                                              copied("optimizer_g.pt", *optimizer_g_),
+                                              copied("optimizer_d.pt", *optimizer_d_)};
+  add_loss_scale_state(files);
+  return files;
 }
 
 std::string AdaINGAN::load(const fs::path& dir, const RankShare& /*share: nothing per rank*/) {
@@ -148,6 +151,7 @@ std::string AdaINGAN::load(const fs::path& dir, const RankShare& /*share: nothin
   torch::load(discriminator, (dir / "discriminator.pt").string(), device_);
   torch::load(*optimizer_g_, (dir / "optimizer_g.pt").string(), device_);
   torch::load(*optimizer_d_, (dir / "optimizer_d.pt").string(), device_);
+  load_loss_scale_state(dir);
   return "";
 }
 

@@ -24,6 +24,7 @@ torch::Tensor judge(models::PatchDiscriminator& d, models::Adversarial kind, con
 
 CycleGAN::CycleGAN(const Config& config, std::shared_ptr<comm::Communicator> comm, torch::Device device)
     : pool_a(config.model.pool_size), pool_b(config.model.pool_size), config_(config), comm_(std::move(comm)) {
+  init_loss_scaling(config.train);
   g_a = models::ResnetGenerator(config.model.resnet);
   g_b = models::ResnetGenerator(config.model.resnet);
   d_a = models::PatchDiscriminator(config.model.discriminator);
@@ -84,7 +85,7 @@ StepLosses CycleGAN::step(const std::vector<MicroBatch>& micro, double lr_scale)
   const auto critics = discriminators_step(passes);
   losses.d = critics[2];
   losses.terms.insert(losses.terms.begin(), {{"d_a", critics[0]}, {"d_b", critics[1]}});
-  return losses;
+  return with_loss_scale(losses);
 }
 
 StepLosses CycleGAN::generators_step(std::vector<Pass>& passes) {
@@ -123,15 +124,14 @@ StepLosses CycleGAN::generators_step(std::vector<Pass>& passes) {
     // Only the last micro-batch's backward is reduced, with what the
     // others left in .grad (DDP's no_sync).
     if (reducer_g_ && j + 1 == k) reducer_g_->prepare(/*accumulated=*/k > 1);
-    micro_batch_share(loss_g, k).backward();
+    scaled(scaler_g_, micro_batch_share(loss_g, k)).backward();
     pass.fake_a = fake_a.detach().to(torch::kFloat);
     pass.fake_b = fake_b.detach().to(torch::kFloat);
     const torch::Tensor terms[] = {loss_g, adv_a, adv_b, cycle_a, cycle_b, idt_a, idt_b};
     for (size_t t = 0; t < sums.size(); ++t) sums[t] += terms[t].item<double>();
   }
   if (reducer_g_) reducer_g_->finalize();
-  clip_gradients(generator_parameters(), config_.optim.grad_clip);
-  optimizer_g_->step();
+  finish_update(scaler_g_, *optimizer_g_, generator_parameters(), config_.optim.grad_clip);
   discriminators_require_grad(true);
   for (auto& sum : sums) sum /= static_cast<double>(k);
   return {0, sums[0], {{"adv_a", sums[1]}, {"adv_b", sums[2]}, {"cycle_a", sums[3]}, {"cycle_b", sums[4]},
@@ -156,14 +156,13 @@ std::array<double, 3> CycleGAN::discriminators_step(const std::vector<Pass>& pas
       loss_d = loss_d_a + loss_d_b;
     }
     if (reducer_d_ && j + 1 == k) reducer_d_->prepare(/*accumulated=*/k > 1);
-    micro_batch_share(loss_d, k).backward();
+    scaled(scaler_d_, micro_batch_share(loss_d, k)).backward();
     sums[0] += loss_d_a.item<double>();
     sums[1] += loss_d_b.item<double>();
     sums[2] += loss_d.item<double>();
   }
   if (reducer_d_) reducer_d_->finalize();
-  clip_gradients(discriminator_parameters(), config_.optim.grad_clip);
-  optimizer_d_->step();
+  finish_update(scaler_d_, *optimizer_d_, discriminator_parameters(), config_.optim.grad_clip);
   for (auto& sum : sums) sum /= static_cast<double>(k);
   return sums;
 }
@@ -181,9 +180,12 @@ std::vector<torch::Tensor> CycleGAN::sample_columns(const torch::Tensor& real_a,
 }
 
 std::vector<checkpoint::StateFile> CycleGAN::snapshot() {
-  return {copied("generator_a.pt", *g_a),          copied("generator_b.pt", *g_b),
-          copied("discriminator_a.pt", *d_a),      copied("discriminator_b.pt", *d_b),
-          copied("optimizer_g.pt", *optimizer_g_), copied("optimizer_d.pt", *optimizer_d_)};
+  std::vector<checkpoint::StateFile> files = {
+      copied("generator_a.pt", *g_a),          copied("generator_b.pt", *g_b),
+      copied("discriminator_a.pt", *d_a),      copied("discriminator_b.pt", *d_b),
+      copied("optimizer_g.pt", *optimizer_g_), copied("optimizer_d.pt", *optimizer_d_)};
+  add_loss_scale_state(files);
+  return files;
 }
 
 // Each rank keeps its own pools (as each process of the reference does).
@@ -199,6 +201,7 @@ std::string CycleGAN::load(const fs::path& dir, const RankShare& share) {
   torch::load(d_b, (dir / "discriminator_b.pt").string(), device_);
   torch::load(*optimizer_g_, (dir / "optimizer_g.pt").string(), device_);
   torch::load(*optimizer_d_, (dir / "optimizer_d.pt").string(), device_);
+  load_loss_scale_state(dir);
   return load_pools(dir, share);
 }
 

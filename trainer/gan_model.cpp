@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "trainer/adain_gan.h"
@@ -37,6 +38,67 @@ void clip_gradients(const std::vector<torch::Tensor>& parameters, double max_nor
   if (max_norm > 0) torch::nn::utils::clip_grad_norm_(parameters, max_norm);
 }
 
+bool loss_scaling_on(const TrainOptions& train) {
+  return train.loss_scale == LossScale::Dynamic ||
+         (train.loss_scale == LossScale::Auto && train.precision == Precision::FP16);
+}
+
+void GanModel::init_loss_scaling(const TrainOptions& train) {
+  if (!loss_scaling_on(train)) return;
+  LossScaleOptions options;
+  options.init = train.loss_scale_init;
+  options.growth_interval = train.loss_scale_growth_interval;
+  scaler_g_ = LossScaler(options);
+  scaler_d_ = LossScaler(options);
+}
+
+bool GanModel::finish_update(LossScaler& scaler, torch::optim::Optimizer& optimizer,
+                             const std::vector<torch::Tensor>& parameters, double grad_clip) {
+  const bool finite = scaler.unscale(parameters);
+  if (finite) {
+    clip_gradients(parameters, grad_clip);
+    optimizer.step();
+  }
+  scaler.update(!finite);
+  return finite;
+}
+
+namespace {
+constexpr const char* kLossScaleFile = "loss_scale.json";
+}
+
+void GanModel::add_loss_scale_state(std::vector<checkpoint::StateFile>& files) const {
+  if (!scaler_g_.enabled()) return;
+  files.push_back({kLossScaleFile, "{\"g\": " + scaler_g_.write() + ", \"d\": " + scaler_d_.write() + "}\n", {}});
+}
+
+// A checkpoint without the file (written with loss scaling off) leaves the
+// scalers at train.loss_scale_init.
+void GanModel::load_loss_scale_state(const std::filesystem::path& dir) {
+  const auto path = dir / kLossScaleFile;
+  if (!scaler_g_.enabled() || !std::filesystem::exists(path)) return;
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    const auto j = nlohmann::json::parse(text.str());
+    scaler_g_.read(j.at("g").dump());
+    scaler_d_.read(j.at("d").dump());
+  } catch (const nlohmann::json::exception& e) {
+    throw TrainError("checkpoint file '" + path.string() + "' is not a loss scaler's state: " + e.what());
+  } catch (const std::runtime_error& e) {
+    throw TrainError("checkpoint file '" + path.string() + "': " + e.what());
+  }
+}
+
+StepLosses GanModel::with_loss_scale(StepLosses losses) const {
+  if (!scaler_g_.enabled()) return losses;
+  losses.loss_scale_g = scaler_g_.value();
+  losses.loss_scale_d = scaler_d_.value();
+  losses.overflow_skips = scaler_g_.skipped() + scaler_d_.skipped();
+  return losses;
+}
+
 std::vector<torch::Tensor> parameters_and_buffers(const std::vector<torch::nn::Module*>& networks) {
   std::vector<torch::Tensor> out;
   for (const auto* network : networks) {
@@ -47,13 +109,15 @@ std::vector<torch::Tensor> parameters_and_buffers(const std::vector<torch::nn::M
 }
 
 Autocast::Autocast(Precision precision, torch::DeviceType device)
-    : on_(precision == Precision::BF16), cuda_(device == torch::kCUDA) {
+    : on_(precision != Precision::FP32), cuda_(device == torch::kCUDA) {
   if (!on_) return;
+  if (!cuda_ && precision == Precision::FP16)
+    throw TrainError("train.precision fp16 needs a CUDA device: CPU autocast has no float16 (use bf16 on CPUs)");
   if (cuda_) {
     was_enabled_ = at::autocast::is_enabled();
     was_dtype_ = at::autocast::get_autocast_gpu_dtype();
     at::autocast::set_enabled(true);
-    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_autocast_gpu_dtype(precision == Precision::FP16 ? at::kHalf : at::kBFloat16);
   } else {
     was_enabled_ = at::autocast::is_cpu_enabled();
     was_dtype_ = at::autocast::get_autocast_cpu_dtype();

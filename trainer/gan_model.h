@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "checkpoint/checkpoint.h"
+#include "trainer/loss_scaler.h"
 #include "trainer/trainer.h"
 
 namespace atelier::trainer {
@@ -38,6 +39,11 @@ struct StepLosses {
   double g = 0;  // total generator loss (weighted sum of the terms)
   // Every unweighted term, in display order: logged as loss_<name>.
   std::vector<std::pair<std::string, double>> terms;
+  // Loss scaling (train.loss_scale), after the step: each network's scale
+  // (0 when off) and the optimiser steps skipped for overflow so far.
+  double loss_scale_g = 0;
+  double loss_scale_d = 0;
+  int64_t overflow_skips = 0;
 };
 
 class GanModel {
@@ -93,6 +99,23 @@ class GanModel {
   virtual Translators cyclegan_generators() { return {}; }
 
  protected:
+  // The networks' loss scalers, on when train.loss_scale resolves to dynamic.
+  void init_loss_scaling(const TrainOptions& train);
+  // The loss a network's backward pass starts from.
+  torch::Tensor scaled(const LossScaler& scaler, const torch::Tensor& loss) const { return scaler.scale(loss); }
+  // After a network's backward passes and the ranks' average: unscales its
+  // gradients and, unless they overflowed, clips them and steps. Returns
+  // whether the optimiser stepped.
+  bool finish_update(LossScaler& scaler, torch::optim::Optimizer& optimizer,
+                     const std::vector<torch::Tensor>& parameters, double grad_clip);
+  // The scalers' state in a checkpoint (loss_scale.json, only when on), and back.
+  void add_loss_scale_state(std::vector<checkpoint::StateFile>& files) const;
+  void load_loss_scale_state(const std::filesystem::path& dir);
+  // Copies the scales and the skip count into a step's losses.
+  StepLosses with_loss_scale(StepLosses losses) const;
+
+  LossScaler scaler_g_;
+  LossScaler scaler_d_;
   torch::Device device_{torch::kCPU};
 };
 
@@ -104,8 +127,12 @@ class GanModel {
 std::unique_ptr<GanModel> make_model(const Config& config, std::shared_ptr<comm::Communicator> comm,
                                      torch::Device device = torch::kCPU);
 
+// Whether train.loss_scale resolves to dynamic loss scaling (Auto: fp16).
+bool loss_scaling_on(const TrainOptions& train);
+
 // train.precision over one block of forward passes: BF16 turns autocast
-// of `device` (CPU or CUDA) to bfloat16 on for the guard's life (nesting,
+// of `device` (CPU or CUDA) to bfloat16 on, FP16 CUDA autocast to float16
+// (TrainError on a CPU), for the guard's life (nesting,
 // and dropping autocast's cast cache when the outermost guard ends, as
 // torch.autocast does), FP32 does nothing. Backward passes belong outside
 // it, as PyTorch recommends.

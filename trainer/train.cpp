@@ -144,7 +144,9 @@ StepLosses average_losses(comm::Communicator& comm, const StepLosses& l) {
   auto t = torch::tensor(values, torch::kDouble);
   comm.all_reduce(t, comm::ReduceOp::Avg);
   const auto a = t.accessor<double, 1>();
-  StepLosses out{a[0], a[1], l.terms};
+  StepLosses out = l;
+  out.d = a[0];
+  out.g = a[1];
   for (size_t i = 0; i < out.terms.size(); ++i) out.terms[i].second = a[static_cast<int64_t>(i) + 2];
   return out;
 }
@@ -174,6 +176,11 @@ struct RunWriters {
         {"lr_d", config.optim.lr_d * lr}, {"images_per_s", progress.images_per_second()},
         {"data_wait_s", wait}, {"skipped_files", static_cast<double>(loader.skipped_files())}};
     for (const auto& [name, value] : losses.terms) values["loss_" + name] = value;
+    if (losses.loss_scale_g > 0) {
+      values["loss_scale_g"] = losses.loss_scale_g;
+      values["loss_scale_d"] = losses.loss_scale_d;
+      values["overflow_skips"] = static_cast<double>(losses.overflow_skips);
+    }
     metrics.write(step, values);
     progress.draw(format_losses(losses));
     if (!due(step, config.train.log_every, total)) return;
@@ -365,8 +372,11 @@ std::string apply_numerics(const TrainOptions& train) {
   context.setDeterministicAlgorithms(train.deterministic, /*warn_only=*/false);
   // cuBLAS reads it when its first handle is made, which is later.
   if (train.deterministic) setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+  std::ostringstream scaling;
+  scaling << train.loss_scale_init;
   return std::string("tf32 ") + (train.tf32 ? "on" : "off") + ", deterministic " +
-         (train.deterministic ? "on" : "off");
+         (train.deterministic ? "on" : "off") + ", loss scaling " +
+         (loss_scaling_on(train) ? "dynamic from " + scaling.str() : std::string("off"));
 }
 
 std::string build_info() {
@@ -383,6 +393,9 @@ TrainResult train(const Config& config, const std::string& resolved_yaml, bool r
   check_sources(config);
   const auto env = comm::detect_environment();
   const auto device = training_device(config, env);
+  if (config.train.precision == Precision::FP16 && !device.device.is_cuda())
+    throw TrainError("train.precision fp16 needs a CUDA device, and this run trains on " + device.device.str() +
+                     ": CPU autocast has no float16 (use bf16 on CPUs, or train.device=cuda)");
   Run run{config, fs::path(config.run.dir) / config.run.name,
           {resolved_yaml, config_hash(resolved_yaml), models::describe_encoder(config.model.generator.encoder)},
           comm::make_communicator(env, {config.dist.backend, config.dist.timeout_s, device.device}), device.device,

@@ -65,7 +65,15 @@ enum class Schedule { Constant, Linear };
 // bfloat16, as torch.autocast(dtype=torch.bfloat16) (convolutions in bf16,
 // losses and reductions where autocast keeps them in fp32); parameters,
 // gradients, Adam and checkpoints stay fp32, and no loss scaling is needed.
-enum class Precision { FP32, BF16 };
+// FP16: under autocast to float16 (CUDA only: CPU autocast has no float16),
+// with dynamic loss scaling (train.loss_scale auto) so that small gradients
+// do not flush to zero.
+enum class Precision { FP32, BF16, FP16 };
+
+// Dynamic loss scaling (trainer's LossScaler, as torch.cuda.amp.GradScaler):
+// Auto turns it on for FP16 only; Dynamic on at any precision (it is how a
+// CPU test exercises the overflow path); None off.
+enum class LossScale { Auto, Dynamic, None };
 
 struct OptimConfig {
   double lr_g = 2e-4;    // Adam learning rate of the generator (decoder)
@@ -90,6 +98,9 @@ struct TrainOptions {
   int64_t threads = 2;       // LibTorch intra-op threads
   std::string device = "auto";  // auto | cpu | cuda | cuda:N (comm::choose_device)
   Precision precision = Precision::FP32;  // of the step's forward passes (see Precision)
+  LossScale loss_scale = LossScale::Auto;   // see LossScale
+  double loss_scale_init = 65536.0;         // the first scale (2^16, GradScaler's)
+  int64_t loss_scale_growth_interval = 2000;  // steps without overflow before the scale doubles
   bool channels_last = false;  // weights and batches in NHWC memory order (GPU tensor cores prefer it)
   bool tf32 = false;           // TF32 tensor-core math for fp32 convolutions and matmuls (CUDA, Ampere on)
   bool deterministic = false;  // deterministic cuDNN and algorithms: a GPU run resumes bit-identically

@@ -83,7 +83,24 @@ TEST_P(GpuFamilies, Bf16StepsOnCuda0AreFinite) {
   for (const auto& t : gpu.state) EXPECT_TRUE(torch::isfinite(t).all().item<bool>());
 }
 
+// fp16 autocast on the GPU with dynamic loss scaling (train.loss_scale
+// auto): the steps run, the losses and the fp32 state stay finite, and the
+// scale is reported (halved for any step that overflowed, never below 1).
+TEST_P(GpuFamilies, Fp16StepsOnCuda0WithLossScalingAreFinite) {
+  REQUIRE_GPU();
+  auto config = tiny(GetParam());
+  config.train.precision = trainer::Precision::FP16;
+  const auto gpu = two_steps(config, torch::Device("cuda:0"));
+  for (const auto& l : gpu.losses) {
+    EXPECT_TRUE(std::isfinite(l.g) && std::isfinite(l.d));
+    EXPECT_GE(l.loss_scale_g, 1.0);
+    EXPECT_LE(l.loss_scale_g, 65536.0);
+  }
+  for (const auto& t : gpu.state) EXPECT_TRUE(torch::isfinite(t).all().item<bool>());
+}
+
 INSTANTIATE_TEST_SUITE_P(Both, GpuFamilies, ::testing::Values("adain", "cyclegan"));
+
 
 // NCCL at world size 1 through the TCP rendezvous (torchrun-style
 // variables), as on a one-GPU machine: all-reduce and broadcast keep the

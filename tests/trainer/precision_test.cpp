@@ -58,7 +58,7 @@ TEST(Numerics, Tf32AndDeterministicSetLibTorchsFlagsAndEveryStepOpHasADeterminis
   TrainOptions on;
   on.tf32 = true;
   on.deterministic = true;
-  EXPECT_EQ(apply_numerics(on), "tf32 on, deterministic on");
+  EXPECT_EQ(apply_numerics(on), "tf32 on, deterministic on, loss scaling off");
   EXPECT_TRUE(at::globalContext().allowTF32CuDNN());
   EXPECT_TRUE(at::globalContext().deterministicAlgorithms());
   EXPECT_TRUE(at::globalContext().deterministicCuDNN());
@@ -70,7 +70,10 @@ TEST(Numerics, Tf32AndDeterministicSetLibTorchsFlagsAndEveryStepOpHasADeterminis
     apply_numerics(on);
     EXPECT_EQ(max_difference(deterministic.state, free.state), 0.0) << family;
   }
-  EXPECT_EQ(apply_numerics(TrainOptions{}), "tf32 off, deterministic off");
+  EXPECT_EQ(apply_numerics(TrainOptions{}), "tf32 off, deterministic off, loss scaling off");
+  TrainOptions fp16;
+  fp16.precision = Precision::FP16;
+  EXPECT_EQ(apply_numerics(fp16), "tf32 off, deterministic off, loss scaling dynamic from 65536");
   EXPECT_FALSE(at::globalContext().allowTF32CuDNN());
   EXPECT_FALSE(at::globalContext().deterministicAlgorithms());
   EXPECT_FALSE(at::globalContext().deterministicCuDNN());
