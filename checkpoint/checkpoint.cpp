@@ -11,6 +11,7 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -269,6 +270,33 @@ void check_manifest(const Manifest& m, const fs::path& path) {
 
 }  // namespace
 
+namespace {
+
+// An integer field, checked: nlohmann's get<T>() converts a number of
+// another kind or range with a plain cast (1e50 into a uint32_t is undefined
+// behaviour), so a manifest's numbers are read through this.
+template <typename T>
+T integer(const nlohmann::json& j, const char* key, const fs::path& path) {
+  const auto& v = j.at(key);
+  const auto refuse = [&] {
+    throw CheckpointError("'" + path.string() + "' is not a valid manifest: \"" + key + "\" is " + v.dump() +
+                          ", not an integer in range");
+  };
+  if (!v.is_number_integer()) refuse();
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) refuse();
+    return static_cast<T>(u);
+  }
+  const auto i = v.get<int64_t>();
+  if (i < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+      (i > 0 && static_cast<uint64_t>(i) > static_cast<uint64_t>(std::numeric_limits<T>::max())))
+    refuse();
+  return static_cast<T>(i);
+}
+
+}  // namespace
+
 Manifest read_manifest(const fs::path& checkpoint_dir) {
   const auto path = checkpoint_dir / kManifest;
   std::ifstream in(path);
@@ -276,19 +304,20 @@ Manifest read_manifest(const fs::path& checkpoint_dir) {
   try {
     const auto j = nlohmann::json::parse(in);
     Manifest m;
-    j.at("format_version").get_to(m.format_version);
+    m.format_version = integer<int>(j, "format_version", path);
     j.at("atelier_version").get_to(m.atelier_version);
-    j.at("step").get_to(m.step);
-    j.at("epoch").get_to(m.epoch);
-    j.at("world_size").get_to(m.world_size);
+    m.step = integer<int64_t>(j, "step", path);
+    m.epoch = integer<int64_t>(j, "epoch", path);
+    m.world_size = integer<int64_t>(j, "world_size", path);
     j.at("config_hash").get_to(m.config_hash);
     j.at("created").get_to(m.created);
     for (const auto& f : j.at("files"))
-      m.files.push_back({f.at("name").get<std::string>(), f.at("size").get<uint64_t>(), f.at("crc32c").get<uint32_t>()});
+      m.files.push_back(
+          {f.at("name").get<std::string>(), integer<uint64_t>(f, "size", path), integer<uint32_t>(f, "crc32c", path)});
     if (j.contains("world_history")) {
       for (const auto& span : j.at("world_history"))
-        m.world_history.push_back({span.at("from_step").get<int64_t>(), span.at("world_size").get<int64_t>(),
-                                   span.at("global_batch").get<int64_t>()});
+        m.world_history.push_back({integer<int64_t>(span, "from_step", path), integer<int64_t>(span, "world_size", path),
+                                   integer<int64_t>(span, "global_batch", path)});
     }
     if (m.world_history.empty()) m.world_history.push_back({0, m.world_size, 0});
     if (j.contains("loss_network")) j.at("loss_network").get_to(m.loss_network);

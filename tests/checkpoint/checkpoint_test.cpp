@@ -231,6 +231,9 @@ TEST_F(CheckpointDir, ManifestsNamingFilesOutsideTheCheckpointOrImpossibleWorlds
   refused("\"weights.bin\"", "\"ranks/rank-0.json\"", "file 'ranks/rank-0.json' is listed twice");
   refused("\"world_size\": 1", "\"world_size\": 0", "not a number of ranks");
   refused("\"step\": 3", "\"step\": -3", "negative step");
+  refused("\"step\": 3", "\"step\": 3.5", "\"step\" is 3.5, not an integer in range");
+  refused("\"size\": 3", "\"size\": 2e50", "not an integer in range");  // was a float-to-int cast (UBSan)
+  refused("\"size\": 3", "\"size\": -3", "\"size\" is -3, not an integer in range");
   std::ofstream(path / "manifest.json", std::ios::trunc) << good;
   EXPECT_NO_THROW(verify(path));
 }
