@@ -255,8 +255,8 @@ ContentStyleBatch ServiceLoader::State::receive(Link& link, int64_t number) {
                     " where batch " + std::to_string(number) + " was due");
   const int64_t first = detail::rank_first_sample(start_sample, number, count, options.rank, options.world_size);
   ContentStyleBatch batch;
-  batch.content = torch::empty({count, 3, side, side}, torch::kFloat);
-  batch.style = torch::empty({count, 3, side, side}, torch::kFloat);
+  batch.content = detail::batch_tensor(count, side, options.pin_memory);
+  batch.style = detail::batch_tensor(count, side, options.pin_memory);
   batch.start = cursor_at(first - options.rank * count, content_count);
   batch.first_sample = first;
   const uint8_t* content = payload.data() + proto::kBatchHeaderBytes;
@@ -322,6 +322,7 @@ ServiceLoader::ServiceLoader(ServiceOptions options, Cursor start) : state_(std:
       options.rank >= options.world_size)
     throw DataError("loader service options need batch_size, prefetch, world_size >= 1 and 0 <= rank < world_size");
   detail::check_augment_options(options.augment);
+  detail::check_pinning(options.pin_memory);
   s.options = std::move(options);
   s.links.resize(s.options.servers.size());
   for (size_t i = 0; i < s.links.size(); ++i) {

@@ -129,6 +129,10 @@ struct LoaderOptions {
   uint64_t seed = 0;
   int64_t rank = 0;        // this rank takes samples [rank*B, (rank+1)*B) of every global batch
   int64_t world_size = 1;  // global batch = batch_size * world_size
+  // Batches in page-locked (pinned) host memory, as PyTorch's DataLoader
+  // pin_memory: a GPU copies them with non-blocking transfers. Needs a
+  // LibTorch with CUDA and a visible GPU; DataError otherwise.
+  bool pin_memory = false;
 };
 
 // Where the trainer's batches come from: the in-process PrefetchLoader or the
@@ -300,6 +304,7 @@ struct ServiceOptions {
   int64_t rank = 0;
   int64_t world_size = 1;
   double timeout_s = 60;    // a server silent this long counts as dead
+  bool pin_memory = false;  // batches in pinned host memory (see LoaderOptions)
 };
 
 // A BatchSource that streams this rank's batches from loader servers: it

@@ -232,6 +232,17 @@ cv::Mat resize_shorter_side(const cv::Mat& rgb, int64_t size, Shrink shrink) {
   return out;
 }
 
+void check_pinning(bool pin_memory) {
+  if (!pin_memory) return;
+  if (!torch::cuda::is_available())
+    throw DataError(std::string("pinned batches (pin_memory) need a GPU: ") +
+                    (torch::hasCUDA() ? "LibTorch sees no GPU" : "this LibTorch build has no CUDA"));
+}
+
+torch::Tensor batch_tensor(int64_t count, int64_t side, bool pin_memory) {
+  return torch::empty({count, 3, side, side}, torch::TensorOptions().dtype(torch::kFloat).pinned_memory(pin_memory));
+}
+
 void check_augment_options(const AugmentOptions& options) {
   if (options.crop_size < 1 || options.load_size < options.crop_size || options.load_size > kMaxSide) {
     throw DataError("augment options need 1 <= crop_size <= load_size <= " + std::to_string(kMaxSide) +

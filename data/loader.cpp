@@ -169,8 +169,8 @@ ContentStyleBatch PrefetchLoader::State::build(int64_t number) {
   const int64_t first =
       detail::rank_first_sample(start_sample, number, batch_size, options.rank, options.world_size);
   ContentStyleBatch batch;
-  batch.content = torch::empty({batch_size, 3, side, side}, torch::kFloat);
-  batch.style = torch::empty({batch_size, 3, side, side}, torch::kFloat);
+  batch.content = detail::batch_tensor(batch_size, side, options.pin_memory);
+  batch.style = detail::batch_tensor(batch_size, side, options.pin_memory);
   batch.start = cursor_of(first - options.rank * batch_size);
   batch.first_sample = first;
   const int64_t sample_floats = 3 * side * side;
@@ -188,6 +188,7 @@ Cursor PrefetchLoader::State::cursor_of(int64_t sample) const {
 
 PrefetchLoader::PrefetchLoader(LoaderOptions options, Cursor start) : state_(std::make_unique<State>()) {
   check_options(options, start);
+  detail::check_pinning(options.pin_memory);
   State& s = *state_;
   s.start_sample = sample_at(start, static_cast<int64_t>(options.content.size()));
   s.content_files = std::make_unique<FolderImages>(options.content);

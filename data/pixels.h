@@ -56,6 +56,12 @@ struct Crop {
 // Throws DataError unless 1 <= crop_size <= load_size.
 void check_augment_options(const AugmentOptions& options);
 
+// Throws DataError when pinned batches were asked for and this LibTorch
+// cannot allocate page-locked memory (no CUDA, or no GPU visible).
+void check_pinning(bool pin_memory);
+// An uninitialised float batch [count, 3, side, side], pinned if asked.
+torch::Tensor batch_tensor(int64_t count, int64_t side, bool pin_memory);
+
 // Resize + random crop + random flip of an RGB CV_8UC3 image (or a greyscale
 // CV_8UC1 one, whose crop gets R = G = B), written to `out` as float
 // [3, crop, crop] in [-1, 1]. Everything random comes from `seed`.

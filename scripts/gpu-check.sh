@@ -119,7 +119,7 @@ configure_and_build() {
     -DOPENSSL_ROOT_DIR="$prefix/usr" -DATELIER_MPI=OFF ${nccl:+-DNCCL_ROOT="$nccl"} \
     -DCMAKE_BUILD_RPATH="$lib;$lib/blas;$lib/lapack" >"$work/configure.log" 2>&1 ||
     { tail -30 "$work/configure.log" >&2; return 1; }
-  cmake --build "$build" -j "$jobs" --target atelier test_gpu bench_step >"$work/build.log" 2>&1 ||
+  cmake --build "$build" -j "$jobs" --target atelier test_gpu bench_step bench_data_wait >"$work/build.log" 2>&1 ||
     { grep -m 20 -E "error|Error" "$work/build.log" >&2; return 1; }
 }
 
@@ -167,6 +167,17 @@ bench_row() {
   echo "| $family | $precision | $* | ${cpp:-failed} | ${py:-failed} | $ratio |"
 }
 
+# The AdaIN step fed by the loader (pinned batches, non-blocking copies)
+# against the same step on a batch already on the GPU: the data wait.
+data_wait_row() {
+  [ $(( $(date +%s) - started )) -lt "$budget" ] || { echo; echo "- data wait: (time budget spent)"; return; }
+  local line
+  line=$(timeout 150 "$build/bench/bench_data_wait" --device cuda --size 256 --width 64 --batch 8 \
+           --workers "$(( jobs > 2 ? jobs - 2 : 1 ))" --threads 2 --steps 10 --rounds 3 | grep '^data_wait') || line=""
+  echo
+  echo "- data wait (AdaIN-GAN, 256 px, width 64, batch 8): ${line:-failed}"
+}
+
 main() {
   mkdir -p "$work"
   if [ "$mode" = prepare ]; then prepare; return; fi
@@ -198,6 +209,7 @@ main() {
           bench_row adain "$precision" cuda --size 256 --width 64 --batch 8 --steps 10 --warmup 3
           bench_row cyclegan "$precision" cuda --size 256 --width 64 --blocks 9 --batch 1 --steps 10 --warmup 3
         done
+        data_wait_row
       } >>"$out"
     fi
   fi

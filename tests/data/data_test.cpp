@@ -339,6 +339,32 @@ TEST_F(DataTest, LoaderBatchesDoNotDependOnWorkerCount) {
   for (int i = 0; i < 7; ++i) expect_same_batch(one.next(), three.next());
 }
 
+// pin_memory (a GPU run's loader): where LibTorch can pin, the batches are
+// page-locked and hold the same pixels; where it cannot (a CPU-only
+// LibTorch, no GPU), the loader refuses at once, saying which.
+TEST_F(DataTest, PinnedBatchesArePageLockedOrRefusedNamingWhy) {
+  LoaderOptions options =
+      small_options(write_noise_folder("content", 5, 40, 48), write_noise_folder("style", 3, 48, 40));
+  PrefetchLoader pageable(options);
+  options.pin_memory = true;
+  if (!torch::cuda::is_available()) {
+    try {
+      PrefetchLoader pinned(options);
+      FAIL() << "pinned batches without a GPU were accepted";
+    } catch (const DataError& e) {
+      const std::string why = torch::hasCUDA() ? "LibTorch sees no GPU" : "this LibTorch build has no CUDA";
+      EXPECT_EQ(std::string(e.what()), "pinned batches (pin_memory) need a GPU: " + why);
+    }
+    return;
+  }
+  PrefetchLoader pinned(options);
+  for (int i = 0; i < 3; ++i) {
+    const auto batch = pinned.next();
+    EXPECT_TRUE(batch.content.is_pinned() && batch.style.is_pinned());
+    expect_same_batch(pageable.next(), batch);
+  }
+}
+
 TEST_F(DataTest, LoaderResumedAtCursorYieldsTheRemainingBatches) {
   const LoaderOptions options =
       small_options(write_noise_folder("content", 5, 40, 48), write_noise_folder("style", 3, 48, 40));

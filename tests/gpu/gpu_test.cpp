@@ -101,6 +101,30 @@ TEST_P(GpuFamilies, Fp16StepsOnCuda0WithLossScalingAreFinite) {
 
 INSTANTIATE_TEST_SUITE_P(Both, GpuFamilies, ::testing::Values("adain", "cyclegan"));
 
+// A GPU run's loader: pinned batches, copied to cuda:0 without blocking,
+// arrive with the pageable batches' pixels.
+TEST(GpuData, PinnedBatchesCopyWithoutBlockingToTheSamePixels) {
+  REQUIRE_GPU();
+  const auto root = std::filesystem::temp_directory_path() / ("atelier-gpu-pinned-" + std::to_string(std::random_device{}()));
+  testing_support::write_pattern_images(root / "content", 4, 1);
+  testing_support::write_pattern_images(root / "style", 3, 2);
+  data::LoaderOptions options;
+  options.content = data::list_images({(root / "content").string()});
+  options.style = data::list_images({(root / "style").string()});
+  options.augment = {40, 32, true};
+  options.batch_size = 2;
+  data::PrefetchLoader pageable(options);
+  options.pin_memory = true;
+  data::PrefetchLoader pinned(options);
+  for (int i = 0; i < 3; ++i) {
+    const auto host = pageable.next();
+    const auto batch = pinned.next();
+    ASSERT_TRUE(batch.content.is_pinned());
+    const auto on_gpu = batch.content.to(torch::Device("cuda:0"), /*non_blocking=*/true);
+    EXPECT_TRUE(torch::equal(on_gpu.cpu(), host.content)) << "batch " << i;
+  }
+  std::filesystem::remove_all(root);
+}
 
 // NCCL at world size 1 through the TCP rendezvous (torchrun-style
 // variables), as on a one-GPU machine: all-reduce and broadcast keep the
