@@ -119,7 +119,7 @@ configure_and_build() {
     -DOPENSSL_ROOT_DIR="$prefix/usr" -DATELIER_MPI=OFF ${nccl:+-DNCCL_ROOT="$nccl"} \
     -DCMAKE_BUILD_RPATH="$lib;$lib/blas;$lib/lapack" >"$work/configure.log" 2>&1 ||
     { tail -30 "$work/configure.log" >&2; return 1; }
-  cmake --build "$build" -j "$jobs" --target atelier test_gpu bench_step bench_data_wait >"$work/build.log" 2>&1 ||
+  cmake --build "$build" -j "$jobs" --target atelier test_gpu bench_step bench_data_wait bench_reducer >"$work/build.log" 2>&1 ||
     { grep -m 20 -E "error|Error" "$work/build.log" >&2; return 1; }
 }
 
@@ -178,6 +178,16 @@ data_wait_row() {
   echo "- data wait (AdaIN-GAN, 256 px, width 64, batch 8): ${line:-failed}"
 }
 
+# The gradient reducer's own cost at world size 1 (NCCL through the TCP
+# rendezvous): the backward with and without it.
+reducer_row() {
+  [ $(( $(date +%s) - started )) -lt "$budget" ] || { echo "- reducer overhead: (time budget spent)"; return; }
+  local line
+  line=$(timeout 120 "$build/bench/bench_reducer" --device cuda --backend nccl --size 256 --width 64 --batch 8 \
+           --steps 10 --rounds 3 | grep '^reducer') || line=""
+  echo "- reducer overhead at world size 1 (AdaIN-GAN backward, 256 px, width 64, batch 8): ${line:-failed}"
+}
+
 main() {
   mkdir -p "$work"
   if [ "$mode" = prepare ]; then prepare; return; fi
@@ -210,6 +220,7 @@ main() {
           bench_row cyclegan "$precision" cuda --size 256 --width 64 --blocks 9 --batch 1 --steps 10 --warmup 3
         done
         data_wait_row
+        reducer_row
       } >>"$out"
     fi
   fi
