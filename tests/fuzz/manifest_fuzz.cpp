@@ -4,8 +4,6 @@
 // 3-byte file, weights.bin. read_manifest and verify may only throw
 // CheckpointError, and no file a manifest lets through may lie outside its
 // checkpoint directory.
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -13,6 +11,7 @@
 #include <string>
 
 #include "checkpoint/checkpoint.h"
+#include "tests/fuzz/input_file.h"
 
 namespace fs = std::filesystem;
 namespace checkpoint = atelier::checkpoint;
@@ -21,7 +20,7 @@ namespace {
 
 const fs::path& folder() {
   static const fs::path dir = [] {
-    auto d = fs::temp_directory_path() / ("atelier-fuzz-manifest-" + std::to_string(getpid())) / "step-1";
+    auto d = atelier::fuzz::scratch_path("manifest") / "step-1";
     fs::create_directories(d);
     std::ofstream(d / "weights.bin", std::ios::binary) << "abc";
     return d;
@@ -37,8 +36,7 @@ bool inside(const std::string& name) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  std::ofstream(folder() / "manifest.json", std::ios::binary | std::ios::trunc)
-      .write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
+  atelier::fuzz::write_bytes(folder() / "manifest.json", data, size);
   try {
     const auto manifest = checkpoint::read_manifest(folder());
     for (const auto& f : manifest.files)
