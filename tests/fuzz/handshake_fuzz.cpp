@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <spdlog/spdlog.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -37,6 +38,7 @@ constexpr const char* kToken = "fuzz-token";
 
 data::LoaderServer& server() {
   static const std::unique_ptr<data::LoaderServer> instance = [] {
+    spdlog::set_level(spdlog::level::err);  // a warning per refused input would drown the fuzzer's output
     const auto root = fs::temp_directory_path() / ("atelier-fuzz-handshake-" + std::to_string(getpid()));
     for (const char* what : {"content", "style"}) {
       fs::create_directories(root / what);
