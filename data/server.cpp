@@ -117,6 +117,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void handle(proto::Header header);
   void handle_request(const proto::Request& request);
   void build(const proto::Request& request, const std::shared_ptr<Pending>& pending);
+  void drop(const std::shared_ptr<Pending>& pending);
   void write_next();
   void fail(const std::string& why);
   void malformed(const std::string& why) {
@@ -141,6 +142,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool writing_ = false;
   bool reading_ = false;       // a read is in flight
   bool peer_finished_ = false;  // the client's side ended: answer what is queued, then close
+  // Set when the connection is closing: workers stop building its batches,
+  // which nobody would receive, instead of keeping other clients waiting.
+  std::atomic<bool> abandoned_{false};
   bool close_after_ = false;   // close once control_ is written
   std::mutex samplers_mutex_;            // guards samplers_ (workers use it)
   std::shared_ptr<Samplers> samplers_;  // for the seed of the latest request
@@ -173,8 +177,12 @@ void Connection::disarm_deadline() {
 }
 
 void Connection::close() {
+  abandoned_ = true;
   asio::post(strand_, [self = shared_from_this()] {
     self->disarm_deadline();  // its handler holds the connection alive
+    // Requests not yet written never will be: out of the server's count.
+    self->server_.queued -= static_cast<int64_t>(self->queue_.size());
+    self->queue_.clear();
     boost::system::error_code ignored;
     self->socket_.shutdown(tcp::socket::shutdown_both, ignored);
     self->socket_.close(ignored);
@@ -182,12 +190,14 @@ void Connection::close() {
 }
 
 void Connection::close_now() {
+  abandoned_ = true;
   boost::system::error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
 }
 
 void Connection::fail(const std::string& why) {
+  abandoned_ = true;  // only the Error is written now
   spdlog::warn("loader server: closing {}: {}", peer_, why);
   std::vector<uint8_t> text(why.begin(), why.end());
   if (text.size() > proto::kMaxControlBytes) text.resize(proto::kMaxControlBytes);
@@ -320,6 +330,7 @@ std::shared_ptr<Samplers> Connection::samplers_for(uint64_t seed) {
 
 // On a worker thread: decode and augment every sample straight into the reply.
 void Connection::build(const proto::Request& request, const std::shared_ptr<Pending>& pending) {
+  if (abandoned_) return drop(pending);
   const uint64_t sample_bytes = uint64_t{request.crop_size} * request.crop_size * 3;
   const uint64_t pixels = proto::batch_pixel_bytes(request.count, request.crop_size);
   auto message = std::make_shared<std::vector<uint8_t>>();
@@ -334,7 +345,7 @@ void Connection::build(const proto::Request& request, const std::shared_ptr<Pend
     uint8_t* style = content + pixels / 2;
     const AugmentOptions augment{request.load_size, request.crop_size, request.flip};
     const std::shared_ptr<Samplers> s = samplers_for(request.seed);
-    for (uint32_t i = 0; i < request.count && !server_.stopping; ++i) {
+    for (uint32_t i = 0; i < request.count && !server_.stopping && !abandoned_; ++i) {
       s->content->draw(request.first + i, augment, content + i * sample_bytes);
       s->style->draw(request.first + i, augment, style + i * sample_bytes);
     }
@@ -347,6 +358,7 @@ void Connection::build(const proto::Request& request, const std::shared_ptr<Pend
   } catch (const std::exception& e) {
     error = e.what();
   }
+  if (abandoned_) return drop(pending);
   asio::post(strand_, [self = shared_from_this(), pending, message, error] {
     if (!error.empty()) return self->fail(error);
     pending->message = message;
@@ -355,17 +367,28 @@ void Connection::build(const proto::Request& request, const std::shared_ptr<Pend
   });
 }
 
+// A request of a closing connection: out of its queue and the server's count, never built or sent.
+void Connection::drop(const std::shared_ptr<Pending>& pending) {
+  asio::post(strand_, [self = shared_from_this(), pending] {
+    auto& queue = self->queue_;
+    const auto at = std::find(queue.begin(), queue.end(), pending);
+    if (at == queue.end()) return;
+    queue.erase(at);
+    --self->server_.queued;
+  });
+}
+
 void Connection::write_next() {
   if (writing_) return;
   std::shared_ptr<std::vector<uint8_t>> message;
-  bool batch = false;
+  std::shared_ptr<Pending> batch;  // the request answered, when this is a batch
   if (!control_.empty()) {
     message = control_.front();
   } else if (close_after_) {
     return close();
   } else if (!queue_.empty() && queue_.front()->ready) {
-    message = queue_.front()->message;
-    batch = true;
+    batch = queue_.front();
+    message = batch->message;
   } else {
     return;
   }
@@ -374,11 +397,12 @@ void Connection::write_next() {
                     asio::bind_executor(strand_, [self = shared_from_this(), batch](boost::system::error_code ec,
                                                                                    size_t) {
                       self->writing_ = false;
-                      if (batch) {
+                      if (!batch) {
+                        self->control_.pop_front();
+                      } else if (!self->queue_.empty() && self->queue_.front() == batch) {
+                        // (close() may have emptied the queue while this was written)
                         self->queue_.pop_front();
                         --self->server_.queued;
-                      } else {
-                        self->control_.pop_front();
                       }
                       if (ec) return self->close();
                       if (batch) ++self->server_.batches_sent;

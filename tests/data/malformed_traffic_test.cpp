@@ -200,4 +200,35 @@ TEST_F(ServiceTest, AClientThatClosesItsSideGetsItsBatchesAndThenTheEnd) {
   }
 }
 
+// A client refused with requests still queued: the server forgets them
+// (its queued count returns to 0) and its workers stop building batches
+// nobody will read, instead of holding up every other client. Found by
+// tests/fuzz/handshake_fuzz.cpp: a refused client's expensive requests kept
+// the next client waiting past the fuzzer's limit.
+TEST_F(ServiceTest, ARefusedClientsQueuedRequestsAreDropped) {
+  shard_all();
+  auto& server = start_server(/*queue=*/4, /*workers=*/1);
+  const int fd = authenticated_socket(server.port());
+  std::vector<uint8_t> bytes;
+  for (int i = 0; i < 4; ++i) {
+    const auto request = request_bytes(16, 256, 256);
+    bytes.insert(bytes.end(), request.begin(), request.end());
+  }
+  const std::vector<uint8_t> garbage(proto::kHeaderBytes, 0x5a);  // bad magic: refused
+  bytes.insert(bytes.end(), garbage.begin(), garbage.end());
+  send_all(fd, bytes);
+  for (int i = 0; i < 5; ++i)
+    if (read_message(fd).first.type == proto::Type::Error) break;
+  uint8_t byte = 0;
+  EXPECT_EQ(::recv(fd, &byte, 1, 0), 0);
+  ::close(fd);
+  EXPECT_TRUE(eventually([&] { return server.stats().queued_batches == 0; }))
+      << server.stats().queued_batches << " requests of a closed connection still queued";
+  // The server still serves the next client.
+  const int next = authenticated_socket(server.port());
+  send_all(next, request_bytes(2, 24, 16));
+  EXPECT_EQ(read_message(next).first.type, proto::Type::Batch);
+  ::close(next);
+}
+
 }  // namespace atelier::data_tests

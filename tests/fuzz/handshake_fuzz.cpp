@@ -111,7 +111,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const int port = server().port();
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  timeval limit{5, 0};  // a server that neither answers nor closes is a hang: fail loudly
+  timeval limit{30, 0};  // a server that neither answers nor closes is a hang: fail loudly
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
   sockaddr_in address{};
   address.sin_family = AF_INET;
@@ -127,7 +127,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const ssize_t got = ::recv(fd, sink.data(), sink.size(), 0);
     if (got == 0) break;
     if (got < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) finding("the server neither answered nor closed in 5 s");
+      if (errno == EAGAIN || errno == EWOULDBLOCK) finding("the server neither answered nor closed in 30 s");
       break;  // reset: the server closed with our bytes unread
     }
   }
