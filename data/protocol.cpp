@@ -106,7 +106,8 @@ Request decode_request(const uint8_t* data, size_t size, const std::string& peer
   r.finish();
   if (q.first < 0 || q.count < 1 || q.count > kMaxSamplesPerRequest || q.crop_size < 1 ||
       q.load_size < q.crop_size || q.load_size > kMaxSide ||
-      batch_pixel_bytes(q.count, q.crop_size) + kBatchHeaderBytes > kMaxBatchBytes)
+      batch_pixel_bytes(q.count, q.crop_size) + kBatchHeaderBytes > kMaxBatchBytes ||
+      batch_pixel_bytes(q.count, q.load_size) > kMaxResizedBytes)
     throw ProtocolError(peer + ": request out of bounds (first " + std::to_string(q.first) + ", count " +
                         std::to_string(q.count) + ", load " + std::to_string(q.load_size) + ", crop " +
                         std::to_string(q.crop_size) + ")");

@@ -24,6 +24,10 @@ constexpr size_t kNonceBytes = 32;
 constexpr size_t kProofBytes = 32;  // HMAC-SHA256
 constexpr uint32_t kMaxControlBytes = 4096;          // every message except Batch
 constexpr uint32_t kMaxBatchBytes = uint32_t{1} << 30;  // one Batch (content + style pixels)
+// The work of one Request: its images resized to load_size before the crop
+// (content + style, 8-bit RGB). The crop bounds what is sent, not what is
+// computed: 512 samples at load 4096, crop 8 kept a worker busy for a minute.
+constexpr uint64_t kMaxResizedBytes = uint64_t{4} << 30;
 constexpr uint32_t kMaxSamplesPerRequest = 4096;
 constexpr uint32_t kMaxSide = 8192;
 

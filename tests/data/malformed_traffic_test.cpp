@@ -80,6 +80,7 @@ std::vector<Abuse> abuses() {
       {"crop above load", true, request_bytes(2, 16, 24), "request out of bounds"},
       {"side above the cap", true, request_bytes(1, 9000, 16), "request out of bounds"},
       {"batch above the cap", true, request_bytes(4096, 8192, 8192), "request out of bounds"},
+      {"resizing above the cap", true, request_bytes(512, 4096, 8), "request out of bounds"},
       {"oversized request", true, header_bytes(proto::kMagic, 1, type(proto::Type::Request), proto::kMaxControlBytes + 1),
        "exceeds its cap"},
   };
