@@ -358,7 +358,8 @@ void Connection::build(const proto::Request& request, const std::shared_ptr<Pend
   } catch (const std::exception& e) {
     error = e.what();
   }
-  if (abandoned_) return drop(pending);
+  // A loop cut short by a stop or a close left a partial batch: never sent.
+  if (abandoned_ || server_.stopping) return drop(pending);
   asio::post(strand_, [self = shared_from_this(), pending, message, error] {
     if (!error.empty()) return self->fail(error);
     pending->message = message;
