@@ -78,7 +78,7 @@ double AdaINGAN::discriminator_step(const std::vector<MicroBatch>& micro, std::v
     // Only the last micro-batch's backward is reduced, with what the
     // others left in .grad (DDP's no_sync).
     if (reducer_d_ && j + 1 == k) reducer_d_->prepare(/*accumulated=*/k > 1);
-    scaled(scaler_d_, micro_batch_share(loss_d, k)).backward();
+    scaler_d_.scale(micro_batch_share(loss_d, k)).backward();
     sum += loss_d.item<double>();
     passes.push_back(std::move(pass));
   }
@@ -111,7 +111,7 @@ StepLosses AdaINGAN::generator_step(std::vector<Pass>& passes) {
     // Only G's reducer is armed: the gradients this backward leaves on D's
     // parameters are cleared by the next D step and never reduced.
     if (reducer_g_ && j + 1 == k) reducer_g_->prepare(/*accumulated=*/k > 1);
-    scaled(scaler_g_, micro_batch_share(loss_g, k)).backward();
+    scaler_g_.scale(micro_batch_share(loss_g, k)).backward();
     pass = {};  // this micro-batch's graph is spent
     adv_sum += adv.item<double>();
     content_sum += content_term.item<double>();

@@ -124,7 +124,7 @@ StepLosses CycleGAN::generators_step(std::vector<Pass>& passes) {
     // Only the last micro-batch's backward is reduced, with what the
     // others left in .grad (DDP's no_sync).
     if (reducer_g_ && j + 1 == k) reducer_g_->prepare(/*accumulated=*/k > 1);
-    scaled(scaler_g_, micro_batch_share(loss_g, k)).backward();
+    scaler_g_.scale(micro_batch_share(loss_g, k)).backward();
     pass.fake_a = fake_a.detach().to(torch::kFloat);
     pass.fake_b = fake_b.detach().to(torch::kFloat);
     const torch::Tensor terms[] = {loss_g, adv_a, adv_b, cycle_a, cycle_b, idt_a, idt_b};
@@ -156,7 +156,7 @@ std::array<double, 3> CycleGAN::discriminators_step(const std::vector<Pass>& pas
       loss_d = loss_d_a + loss_d_b;
     }
     if (reducer_d_ && j + 1 == k) reducer_d_->prepare(/*accumulated=*/k > 1);
-    scaled(scaler_d_, micro_batch_share(loss_d, k)).backward();
+    scaler_d_.scale(micro_batch_share(loss_d, k)).backward();
     sums[0] += loss_d_a.item<double>();
     sums[1] += loss_d_b.item<double>();
     sums[2] += loss_d.item<double>();

@@ -101,8 +101,6 @@ class GanModel {
  protected:
   // The networks' loss scalers, on when train.loss_scale resolves to dynamic.
   void init_loss_scaling(const TrainOptions& train);
-  // The loss a network's backward pass starts from.
-  torch::Tensor scaled(const LossScaler& scaler, const torch::Tensor& loss) const { return scaler.scale(loss); }
   // After a network's backward passes and the ranks' average: unscales its
   // gradients and, unless they overflowed, clips them and steps. Returns
   // whether the optimiser stepped.
