@@ -11,6 +11,7 @@
 #include <string>
 
 #include "comm/comm.h"
+#include "tests/gpu/gpu_support.h"
 #include "tests/launcher/run_atelier.h"
 #include "tests/support/pattern_images.h"
 #include "tests/support/tiny_config.h"
@@ -21,13 +22,6 @@
 namespace atelier {
 namespace {
 namespace fs = std::filesystem;
-
-#define REQUIRE_GPU()                                                                                    \
-  do {                                                                                                   \
-    if (!torch::cuda::is_available())                                                                    \
-      GTEST_SKIP() << (comm::device_facts().cuda_built ? "no GPU visible to this CUDA LibTorch"          \
-                                                       : "this LibTorch build has no CUDA (CPU-only)");  \
-  } while (0)
 
 trainer::Config tiny(const std::string& family) {
   trainer::Config c = testing_support::tiny_config(family);
@@ -131,20 +125,12 @@ TEST(GpuData, PinnedBatchesCopyWithoutBlockingToTheSamePixels) {
 // values; the reducer's buckets average the gradients in place on the GPU.
 TEST(GpuNccl, CollectivesAndReducerBucketsAtWorldSizeOne) {
   REQUIRE_GPU();
-  const auto built = comm::compiled_backends();
-  if (std::find(built.begin(), built.end(), "nccl") == built.end()) GTEST_SKIP() << "this build has no NCCL backend";
-  comm::Environment env;
-  env.launcher = comm::Launcher::Torchrun;
-  env.master_addr = "127.0.0.1";
-  env.master_port = 29000 + static_cast<int>(std::random_device{}() % 2000);
-  comm::CommOptions options;
-  options.backend = "nccl";
-  options.device = torch::Device("cuda:0");
-  options.timeout_s = 60;
-  auto communicator = comm::make_communicator(env, options);
+  REQUIRE_NCCL();
+  auto communicator = testing_support::nccl_at_world_size_one(60);
+  const torch::Device cuda("cuda:0");
   EXPECT_EQ(communicator->backend(), "nccl");
 
-  auto values = torch::arange(1000, torch::dtype(torch::kFloat).device(options.device));
+  auto values = torch::arange(1000, torch::dtype(torch::kFloat).device(cuda));
   const auto expected = values.clone();
   communicator->all_reduce(values, comm::ReduceOp::Avg);
   EXPECT_TRUE(torch::equal(values, expected));
@@ -155,13 +141,13 @@ TEST(GpuNccl, CollectivesAndReducerBucketsAtWorldSizeOne) {
 
   torch::manual_seed(5);
   auto net = torch::nn::Sequential(torch::nn::Linear(64, 64), torch::nn::ReLU(), torch::nn::Linear(64, 8));
-  net->to(options.device);
+  net->to(cuda);
   std::vector<torch::Tensor> parameters = net->parameters();
   comm::ReducerOptions reducer_options;
   reducer_options.bucket_mb = 4096.0 / (1 << 20);  // several buckets
   comm::GradientReducer reducer(communicator, parameters, reducer_options);
   EXPECT_GT(reducer.bucket_count(), 1);
-  const auto x = torch::randn({16, 64}, options.device);
+  const auto x = torch::randn({16, 64}, cuda);
   reducer.prepare();
   net->forward(x).square().mean().backward();
   reducer.finalize();

@@ -1,0 +1,95 @@
+// The GPU path's streams on a real GPU (label gpu): work held back on
+// purpose shows what waits for what. A StreamGate holds cuda:0's default
+// stream (LibTorch's, where atelier computes) with a host function until the
+// test opens it. Skips where there is no GPU or no CUDA runtime in the build.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "comm/comm.h"
+#include "tests/gpu/gpu_support.h"
+
+#ifdef ATELIER_TEST_CUDA_RUNTIME
+#include <cuda_runtime.h>
+#define REQUIRE_CUDA_RUNTIME() \
+  do {                         \
+  } while (0)
+#else
+#define REQUIRE_CUDA_RUNTIME() GTEST_SKIP() << "this build has no CUDA runtime (the CUDA toolkit was not found)"
+#endif
+
+namespace atelier {
+namespace {
+
+#ifdef ATELIER_TEST_CUDA_RUNTIME
+// Holds the default stream of the current device until open() or the
+// destructor: whatever is queued behind it, or waits on it, waits. It
+// gives up after 120 s so that a failing test still ends.
+class StreamGate {
+ public:
+  StreamGate() {
+    if (cudaLaunchHostFunc(nullptr, &StreamGate::hold, this) != cudaSuccess) ADD_FAILURE() << "cudaLaunchHostFunc";
+  }
+  ~StreamGate() {
+    open();
+    cudaDeviceSynchronize();
+  }
+  StreamGate(const StreamGate&) = delete;
+  StreamGate& operator=(const StreamGate&) = delete;
+  void open() { open_ = true; }
+  // Whether the stream has reached the gate (its earlier work is done).
+  bool reached() const { return reached_; }
+
+ private:
+  static void CUDART_CB hold(void* self) {
+    auto& gate = *static_cast<StreamGate*>(self);
+    gate.reached_ = true;
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (!gate.open_ && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  std::atomic<bool> open_{false};
+  std::atomic<bool> reached_{false};
+};
+#endif
+
+// A collective that never completes (its stream is held) is aborted after
+// dist.timeout_s, with an error naming the rank and the operation, and the
+// aborted communicator refuses further work instead of hanging.
+TEST(GpuStreams, TheWatchdogAbortsACollectiveThatNeverCompletes) {
+  REQUIRE_GPU();
+  REQUIRE_NCCL();
+  REQUIRE_CUDA_RUNTIME();
+#ifdef ATELIER_TEST_CUDA_RUNTIME
+  auto communicator = testing_support::nccl_at_world_size_one(/*timeout_s=*/1);
+  auto values = torch::arange(1000, torch::dtype(torch::kFloat).device(torch::Device("cuda:0")));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::string error;
+  {
+    StreamGate gate;
+    try {
+      communicator->all_reduce(values, comm::ReduceOp::Sum);
+    } catch (const comm::CommError& e) {
+      error = e.what();
+    }
+    gate.open();
+  }
+  EXPECT_NE(error.find("rank 0"), std::string::npos) << error;
+  EXPECT_NE(error.find("all_reduce"), std::string::npos) << error;
+  EXPECT_NE(error.find("dist.timeout_s"), std::string::npos) << error;
+  EXPECT_NE(error.find("aborted"), std::string::npos) << error;
+  try {
+    communicator->all_reduce(values, comm::ReduceOp::Sum);
+    ADD_FAILURE() << "an aborted communicator ran a collective";
+  } catch (const comm::CommError& e) {
+    EXPECT_NE(std::string(e.what()).find("aborted"), std::string::npos) << e.what();
+  }
+#endif
+}
+
+}  // namespace
+}  // namespace atelier
