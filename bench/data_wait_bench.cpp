@@ -1,16 +1,20 @@
-// Data wait: the AdaIN-GAN step fed by the in-process loader, as `atelier
-// train` feeds it (on a GPU: pinned batches, non-blocking copies), against
-// the same step on one batch already on the device. Rounds interleave the
-// two so drift hits both; prints each round, then the median step times,
-// their ratio (fed / resident: 1.0 means the loader hides completely
-// behind the step) and the loader's own wait per step. Run on a CPU here
-// and by scripts/gpu-check.sh on a GPU.
+// Data wait: the AdaIN-GAN step fed by the in-process loader against the
+// same step on one batch already on the device. "fed": each batch copied
+// when the step takes it (pinned, non-blocking); on a GPU also "ahead": as
+// `atelier train` feeds it, through DeviceBatches, the next batch copied on
+// a stream of its own while the step runs. Rounds interleave blocks of each
+// side so drift hits all; prints each round, then the median step times, their
+// ratios to resident (1.0: the loader hides completely behind the step) and
+// the loaders' own wait per step. Run on a CPU here and by
+// scripts/gpu-check.sh on a GPU.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -42,6 +46,20 @@ void write_images(const fs::path& dir, int count, int64_t side, int seed) {
   }
 }
 
+// Noise images under root and the loader options that read them.
+data::LoaderOptions loader_options(const fs::path& root, int64_t size, int64_t batch, int64_t workers, bool pin) {
+  write_images(root / "content", 24, size * 5 / 4, 1);
+  write_images(root / "style", 8, size * 5 / 4, 2);
+  data::LoaderOptions options;
+  options.content = data::list_images({(root / "content").string()});
+  options.style = data::list_images({(root / "style").string()});
+  options.augment = {size * 5 / 4, size, true};
+  options.batch_size = batch;
+  options.workers = workers;
+  options.pin_memory = pin;
+  return options;
+}
+
 void sync(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize();
 }
@@ -66,16 +84,11 @@ int main(int argc, char** argv) {
   torch::set_num_threads(static_cast<int>(threads));
 
   const auto root = fs::temp_directory_path() / ("atelier-bench-data-wait-" + std::to_string(getpid()));
-  write_images(root / "content", 24, size * 5 / 4, 1);
-  write_images(root / "style", 8, size * 5 / 4, 2);
-  data::LoaderOptions options;
-  options.content = data::list_images({(root / "content").string()});
-  options.style = data::list_images({(root / "style").string()});
-  options.augment = {size * 5 / 4, size, true};
-  options.batch_size = batch;
-  options.workers = workers;
-  options.pin_memory = device.is_cuda();
+  const auto options = loader_options(root, size, batch, workers, device.is_cuda());
   data::PrefetchLoader loader(options);
+  std::unique_ptr<data::BatchSource> ahead;
+  if (device.is_cuda() && data::device_copies_built())
+    ahead = std::make_unique<data::DeviceBatches>(std::make_unique<data::PrefetchLoader>(options), device);
 
   trainer::Config config;
   config.model.generator.encoder.width = width;
@@ -87,29 +100,47 @@ int main(int argc, char** argv) {
   const auto a = first.content.to(device), b = first.style.to(device);
   for (int i = 0; i < 2; ++i) model->step(a, b, 1.0);  // warm-up (cuDNN plans, allocator)
 
-  std::vector<double> fed_ms, resident_ms;
+  std::vector<double> fed_ms, ahead_ms, resident_ms;
   const double waited_before = loader.wait_seconds();
-  for (int64_t r = 0; r < rounds; ++r) {
+  if (ahead) ahead->next();  // its thread and stream started
+  const double ahead_waited_before = ahead ? ahead->wait_seconds() : 0;
+  // Each side takes `steps` consecutive steps a round, so its loader has one
+  // step's time to get ahead, as in training.
+  const auto block = [&](std::vector<double>& out, const std::function<void()>& step) {
     for (int64_t i = 0; i < steps; ++i) {
-      auto t0 = std::chrono::steady_clock::now();
+      const auto t0 = std::chrono::steady_clock::now();
+      step();
+      sync(device);
+      out.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+  };
+  for (int64_t r = 0; r < rounds; ++r) {
+    block(fed_ms, [&] {
       const auto batch_now = loader.next();
       model->step(batch_now.content.to(device, /*non_blocking=*/true), batch_now.style.to(device, true), 1.0);
-      sync(device);
-      fed_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      t0 = std::chrono::steady_clock::now();
-      model->step(a, b, 1.0);
-      sync(device);
-      resident_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::printf("round %lld: fed %.2f ms, resident %.2f ms per step\n", static_cast<long long>(r + 1),
+    });
+    if (ahead)
+      block(ahead_ms, [&] {
+        const auto copied = ahead->next();
+        model->step(copied.content, copied.style, 1.0);
+      });
+    block(resident_ms, [&] { model->step(a, b, 1.0); });
+    std::printf("round %lld: fed %.2f ms, resident %.2f ms", static_cast<long long>(r + 1),
                 median({fed_ms.end() - steps, fed_ms.end()}), median({resident_ms.end() - steps, resident_ms.end()}));
+    if (ahead) std::printf(", ahead %.2f ms", median({ahead_ms.end() - steps, ahead_ms.end()}));
+    std::printf(" per step\n");
   }
   const double fed = median(fed_ms), resident = median(resident_ms);
-  const double wait_ms = 1000 * (loader.wait_seconds() - waited_before) / static_cast<double>(rounds * steps);
+  const auto n = static_cast<double>(rounds * steps);
+  const double wait_ms = 1000 * (loader.wait_seconds() - waited_before) / n;
   std::printf("data_wait device=%s size=%lld batch=%lld workers=%lld fed_ms=%.2f resident_ms=%.2f ratio=%.3f "
-              "loader_wait_ms=%.2f pinned=%d\n",
+              "loader_wait_ms=%.2f pinned=%d",
               device.str().c_str(), static_cast<long long>(size), static_cast<long long>(batch),
               static_cast<long long>(workers), fed, resident, fed / resident, wait_ms, options.pin_memory ? 1 : 0);
+  if (ahead)
+    std::printf(" ahead_ms=%.2f ahead_ratio=%.3f ahead_wait_ms=%.2f", median(ahead_ms), median(ahead_ms) / resident,
+                1000 * (ahead->wait_seconds() - ahead_waited_before) / n);
+  std::printf("\n");
   fs::remove_all(root);
   return 0;
 }

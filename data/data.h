@@ -151,6 +151,35 @@ class BatchSource {
   virtual double wait_seconds() const = 0;
 };
 
+// A BatchSource whose batches are already on a CUDA `device`: a thread takes
+// the next batch from `host` and copies it to the GPU on a copy stream of its
+// own while the current step computes (one batch ahead), as PyTorch's CUDA
+// data prefetchers do; the copy is complete before next() hands it out.
+// Batches, cursors and skipped files are `host`'s, as of the batch next()
+// returned last; wait_seconds() is the time next() waited for a copied
+// batch. Pinned host batches (LoaderOptions::pin_memory) make the copy
+// asynchronous. Throws DataError for a CPU device or where this build has no
+// CUDA runtime (see device_copies_built); next() rethrows `host`'s errors.
+class DeviceBatches : public BatchSource {
+ public:
+  DeviceBatches(std::unique_ptr<BatchSource> host, torch::Device device);
+  ~DeviceBatches() override;
+  DeviceBatches(const DeviceBatches&) = delete;
+  DeviceBatches& operator=(const DeviceBatches&) = delete;
+
+  ContentStyleBatch next() override;
+  Cursor cursor() const override;
+  int64_t skipped_files() const override;
+  double wait_seconds() const override;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// Whether this build has the CUDA runtime that DeviceBatches copies with.
+bool device_copies_built();
+
 // Streams ContentStyleBatch from a pool of worker threads, `prefetch` batches
 // ahead. Sample order: content follows a permutation of the content images
 // drawn from (seed, epoch); style follows its own permutations, independent

@@ -167,8 +167,9 @@ bench_row() {
   echo "| $family | $precision | $* | ${cpp:-failed} | ${py:-failed} | $ratio |"
 }
 
-# The AdaIN step fed by the loader (pinned batches, non-blocking copies)
-# against the same step on a batch already on the GPU: the data wait.
+# The AdaIN step fed by the loader (pinned batches copied at the step, and
+# copied ahead on DeviceBatches' stream as training does) against the same
+# step on a batch already on the GPU: the data wait.
 data_wait_row() {
   [ $(( $(date +%s) - started )) -lt "$budget" ] || { echo; echo "- data wait: (time budget spent)"; return; }
   local line

@@ -241,7 +241,10 @@ void run_steps(Run& run, GanModel& gan, const data::LoaderOptions& loader_opts, 
   const auto& config = run.config;
   const int64_t total = config.train.steps;
   const bool leader = run.comm->rank() == 0;
-  const auto loader = open_batches(config, pinned_for(loader_opts, run.device), start.cursor);
+  auto loader = open_batches(config, pinned_for(loader_opts, run.device), start.cursor);
+  // On a GPU the next batch crosses on a copy stream while this step runs.
+  if (run.device.is_cuda() && data::device_copies_built())
+    loader = std::make_unique<data::DeviceBatches>(std::move(loader), run.device);
   checkpoint::CheckpointCoordinator coordinator(run.dir / "checkpoints", run.comm, coordinator_options(config));
   const checkpoint::StopSignals signals;
   HeldOutEvaluation evaluation(config, *run.comm, run.device);
@@ -264,7 +267,7 @@ void run_steps(Run& run, GanModel& gan, const data::LoaderOptions& loader_opts, 
     micro.clear();
     for (int64_t j = 0; j < run.micro_batches; ++j) {
       const auto batch = loader->next();
-      if (audit) audit->record(step, j, batch.content, batch.style, batch.first_sample);
+      if (audit) audit->record(step, j, batch.content.cpu(), batch.style.cpu(), batch.first_sample);
       if (leader && !sample_content.defined()) {  // a service run without local images: the first batch
         const int64_t n = std::min(config.train.sample_count, batch.content.size(0));
         sample_content = batch.content.slice(0, 0, n).clone();

@@ -11,6 +11,8 @@
 #include <thread>
 
 #include "comm/comm.h"
+#include "data/data.h"
+#include "tests/data/counting_source.h"
 #include "tests/gpu/gpu_support.h"
 
 #ifdef ATELIER_TEST_CUDA_RUNTIME
@@ -89,6 +91,33 @@ TEST(GpuStreams, TheWatchdogAbortsACollectiveThatNeverCompletes) {
     EXPECT_NE(std::string(e.what()).find("aborted"), std::string::npos) << e.what();
   }
 #endif
+}
+
+// The loader's batches reach the GPU through DeviceBatches unchanged, each
+// with the host source's cursor and skipped files as of it, and a source's
+// error reaches next().
+TEST(GpuStreams, DeviceBatchesHandOutTheHostBatchesOnTheGpu) {
+  REQUIRE_GPU();
+  REQUIRE_CUDA_RUNTIME();
+  data::DeviceBatches batches(std::make_unique<testing_support::CountingSource>(/*fail_at=*/4, /*pinned=*/true),
+                              torch::Device("cuda:0"));
+  EXPECT_EQ(batches.cursor(), (data::Cursor{0, 0}));
+  for (int64_t i = 0; i < 4; ++i) {
+    const auto batch = batches.next();
+    ASSERT_TRUE(batch.content.is_cuda());
+    ASSERT_TRUE(batch.style.is_cuda());
+    EXPECT_TRUE(torch::equal(batch.content.cpu(), torch::full({2, 3, 8, 8}, static_cast<float>(i)))) << "batch " << i;
+    EXPECT_TRUE(torch::equal(batch.style.cpu(), torch::full({2, 3, 8, 8}, -static_cast<float>(i)))) << "batch " << i;
+    EXPECT_EQ(batch.first_sample, 2 * i);
+    EXPECT_EQ(batches.cursor(), (data::Cursor{0, i + 1}));
+    EXPECT_EQ(batches.skipped_files(), (i + 1) / 2);
+  }
+  try {
+    batches.next();
+    ADD_FAILURE() << "the source's error was lost";
+  } catch (const data::DataError& e) {
+    EXPECT_EQ(std::string(e.what()), "counting source: batch 4 is broken");
+  }
 }
 
 }  // namespace
