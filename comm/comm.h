@@ -91,10 +91,13 @@ struct CommOptions {
   torch::Device device{torch::kCPU};  // where this rank's tensors live (train.device)
 };
 
-// Collectives over CPU tensors. Every rank must call the same collectives in
-// the same order with tensors of the same dtype and numel; all calls block
-// until this rank's part is done. Tensors are taken whole (contiguous ones
-// in place; others through a contiguous copy that is written back).
+// Collectives. Every rank must call the same collectives in the same order
+// with tensors of the same dtype and numel. Calls block until this rank's
+// part is done, except the NCCL backend's on CUDA tensors, which are
+// stream-ordered as in PyTorch: queued on the GPU, they return at once, and
+// whatever LibTorch queues afterwards sees the result. Tensors are taken
+// whole (contiguous ones in place; others through a contiguous copy that is
+// written back).
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -109,6 +112,9 @@ class Communicator {
   // Ranks whose dtype or shape differ get a CommError naming both ranks.
   virtual torch::Tensor all_gather(const torch::Tensor& tensor) = 0;
   virtual void barrier() = 0;
+  // Waits until every collective this rank has issued has finished; throws
+  // CommError if one failed or timed out (the NCCL backend's queued ones).
+  virtual void synchronize() {}
 };
 
 // The communicator for `env`: a world of one needs no library and gets a
@@ -175,7 +181,7 @@ struct BucketEvent {
   int64_t bucket = 0;
   int64_t ready_us = 0;     // last gradient of the bucket arrived (reduce queued)
   int64_t started_us = 0;   // the communication thread started its all-reduce
-  int64_t finished_us = 0;  // the all-reduce finished
+  int64_t finished_us = 0;  // the all-reduce finished (NCCL: was queued on the GPU)
 };
 
 // DDP's reducer. Parameters are grouped into buckets of bucket_mb in reverse
@@ -210,7 +216,9 @@ class GradientReducer {
   // Reduces buckets whose gradients did not all arrive (an unused
   // parameter counts as a zero gradient), waits for every all-reduce, and
   // writes the averaged gradients into the parameters' .grad. Rethrows a
-  // communication error.
+  // communication error. With NCCL it waits only until the all-reduces are
+  // queued: the gradient copies (and the optimiser after them) wait for
+  // them on the GPU, not on the host, as in DDP.
   void finalize();
 
   int64_t bucket_count() const;

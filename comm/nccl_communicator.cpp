@@ -1,19 +1,29 @@
-// NCCL collectives on raw device pointers. atelier never sets a current
-// CUDA stream, so LibTorch's kernels run on the default stream: a
-// collective is queued on a communication stream after an event recorded
-// there, and the default stream waits on the collective's own event, as
-// PyTorch's ProcessGroupNCCL does; the host then waits for it under the
-// deadline, polling, so that a collective a peer never joins aborts the
-// communicator instead of hanging.
+// NCCL collectives on raw device pointers, stream-ordered as PyTorch's
+// ProcessGroupNCCL: atelier never sets a current CUDA stream, so LibTorch's
+// kernels run on the default stream; a collective is queued on a
+// communication stream after an event recorded there, the default stream
+// waits on the collective's own event, and the call returns at once, so the
+// host keeps queueing work (the optimiser step after the gradient buckets)
+// while the GPU communicates. The watchdog thread polls every queued
+// collective: one that does not finish within the deadline, or an
+// asynchronous NCCL error, aborts the communicator; the next call on this
+// rank then throws, naming the rank and the operation. Results the host
+// reads (CPU tensors, the all_gather layout) are waited for under the same
+// deadline first.
 #include "comm/nccl_communicator.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <spdlog/spdlog.h>
+
 #include <chrono>
 #include <cstring>
 #include <sstream>
 #include <thread>
+#include <vector>
+
+#include "comm/watchdog.h"
 
 namespace atelier::comm {
 namespace {
@@ -52,13 +62,47 @@ struct NcclCommunicator::State {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;  // the communication stream
   cudaEvent_t queued = nullptr;   // the compute stream's work so far
-  cudaEvent_t done = nullptr;     // the collective
-  bool aborted = false;
+  cudaEvent_t last = nullptr;     // the last collective queued
+  std::unique_ptr<Watchdog> watchdog;
+
+  std::mutex mutex;                 // guards what follows (the watchdog thread fails and polls)
+  std::string failure;              // why the communicator was aborted; empty while healthy
+  std::vector<cudaEvent_t> events;  // one per collective in flight, recycled
+  std::vector<cudaEvent_t> spare;
+
+  // Aborts the communicator once, remembering why (watchdog thread or caller).
+  void fail(const std::string& why) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!failure.empty()) return;
+    ncclCommAbort(comm);
+    failure = why + "; the communicator was aborted";
+    spdlog::error("{}", failure);
+  }
+  std::string failed() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return failure;
+  }
+  cudaEvent_t take_event() {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!spare.empty()) {
+      const auto event = spare.back();
+      spare.pop_back();
+      return event;
+    }
+    cudaEvent_t event = nullptr;
+    cuda_check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
+    events.push_back(event);
+    return event;
+  }
+  void give_back(cudaEvent_t event) {
+    std::lock_guard<std::mutex> lock(mutex);
+    spare.push_back(event);
+  }
 };
 
 NcclCommunicator::NcclCommunicator(int rank, int world_size, const std::string& unique_id, torch::Device device,
                                    double timeout_s)
-    : rank_(rank), world_size_(world_size), device_(device), timeout_s_(timeout_s), state_(std::make_unique<State>()) {
+    : rank_(rank), world_size_(world_size), device_(device), state_(std::make_unique<State>()) {
   if (!device.is_cuda()) throw CommError("NCCL backend: needs a CUDA device, not " + device.str());
   if (unique_id.size() != sizeof(ncclUniqueId))
     throw CommError("NCCL backend: the unique id has " + std::to_string(unique_id.size()) + " bytes, not " +
@@ -68,44 +112,73 @@ NcclCommunicator::NcclCommunicator(int rank, int world_size, const std::string& 
   cuda_check(cudaSetDevice(device.index()), "cudaSetDevice");
   cuda_check(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
   cuda_check(cudaEventCreateWithFlags(&state_->queued, cudaEventDisableTiming), "cudaEventCreate");
-  cuda_check(cudaEventCreateWithFlags(&state_->done, cudaEventDisableTiming), "cudaEventCreate");
+  cuda_check(cudaEventCreateWithFlags(&state_->last, cudaEventDisableTiming), "cudaEventCreate");
   nccl_check(ncclCommInitRank(&state_->comm, world_size, id, rank), "ncclCommInitRank");
+  State* state = state_.get();
+  state_->watchdog = std::make_unique<Watchdog>(timeout_s, [state, rank, timeout_s](const std::string& operation,
+                                                                                   double) {
+    state->fail("rank " + std::to_string(rank) + ": NCCL collective " + operation + " did not finish within " +
+                fmt::format("dist.timeout_s ({:g} s): a peer rank died or hangs", timeout_s));
+  });
 }
 
 NcclCommunicator::~NcclCommunicator() {
-  if (state_->comm != nullptr && !state_->aborted) ncclCommDestroy(state_->comm);
-  if (state_->done != nullptr) cudaEventDestroy(state_->done);
+  try {
+    wait_queued();  // what is queued finishes, or the watchdog aborts it
+  } catch (const CommError&) {
+  }
+  state_->watchdog.reset();  // no more polls of the events below
+  if (state_->comm != nullptr && state_->failed().empty()) ncclCommDestroy(state_->comm);
+  for (const auto event : state_->events) cudaEventDestroy(event);
+  if (state_->last != nullptr) cudaEventDestroy(state_->last);
   if (state_->queued != nullptr) cudaEventDestroy(state_->queued);
   if (state_->stream != nullptr) cudaStreamDestroy(state_->stream);
 }
 
 template <typename Issue>
 void NcclCommunicator::run(const std::string& operation, Issue&& issue) {
-  if (state_->aborted) throw CommError("NCCL backend: rank " + std::to_string(rank_) + ": " + operation +
-                                       " after the communicator was aborted");
+  if (const auto failure = state_->failed(); !failure.empty())
+    throw CommError("NCCL backend: rank " + std::to_string(rank_) + ": " + operation + " after an earlier failure: " +
+                    failure);
   cuda_check(cudaSetDevice(device_.index()), "cudaSetDevice");
   cuda_check(cudaEventRecord(state_->queued, /*default stream*/ nullptr), "cudaEventRecord");
   cuda_check(cudaStreamWaitEvent(state_->stream, state_->queued, 0), "cudaStreamWaitEvent");
   nccl_check(issue(state_->comm, state_->stream), operation.c_str());
-  cuda_check(cudaEventRecord(state_->done, state_->stream), "cudaEventRecord");
-  cuda_check(cudaStreamWaitEvent(nullptr, state_->done, 0), "cudaStreamWaitEvent");
-  const auto start = std::chrono::steady_clock::now();
-  for (;;) {
-    const auto status = cudaEventQuery(state_->done);
-    if (status == cudaSuccess) return;
-    if (status != cudaErrorNotReady) cuda_check(status, operation.c_str());
-    ncclResult_t async = ncclSuccess;
-    nccl_check(ncclCommGetAsyncError(state_->comm, &async), "ncclCommGetAsyncError");
-    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (async != ncclSuccess || waited > timeout_s_) {
-      ncclCommAbort(state_->comm);
-      state_->aborted = true;
-      const std::string why = async != ncclSuccess ? std::string(ncclGetErrorString(async))
-                                                   : "did not finish within dist.timeout_s (" +
-                                                         std::to_string(timeout_s_) + " s): a peer rank died or hangs";
-      throw CommError("rank " + std::to_string(rank_) + ": NCCL collective " + operation + " " + why +
-                      "; the communicator was aborted");
+  const auto done = state_->take_event();
+  cuda_check(cudaEventRecord(done, state_->stream), "cudaEventRecord");
+  cuda_check(cudaEventRecord(state_->last, state_->stream), "cudaEventRecord");
+  cuda_check(cudaStreamWaitEvent(nullptr, done, 0), "cudaStreamWaitEvent");
+  State* state = state_.get();
+  const std::string prefix = "rank " + std::to_string(rank_) + ": NCCL collective " + operation;
+  // Polled on the watchdog thread, which alone fails the communicator
+  // after construction, so an aborted (freed) communicator is never asked.
+  state_->watchdog->track(operation, [state, done, prefix] {
+    if (!state->failed().empty()) return true;
+    const auto status = cudaEventQuery(done);
+    if (status == cudaErrorNotReady) {
+      ncclResult_t async = ncclSuccess;
+      const auto asked = ncclCommGetAsyncError(state->comm, &async);
+      if (asked == ncclSuccess && async == ncclSuccess) return false;
+      state->fail(prefix + " failed: " + ncclGetErrorString(asked != ncclSuccess ? asked : async));
+    } else if (status != cudaSuccess) {
+      state->fail(prefix + " failed on the GPU: " + cudaGetErrorString(status));
     }
+    state->give_back(done);
+    return true;
+  });
+}
+
+void NcclCommunicator::synchronize() {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  wait_queued();
+}
+
+void NcclCommunicator::wait_queued() {
+  for (;;) {
+    if (const auto failure = state_->failed(); !failure.empty()) throw CommError(failure);
+    const auto status = cudaEventQuery(state_->last);
+    if (status == cudaSuccess) return;
+    if (status != cudaErrorNotReady) cuda_check(status, "waiting for the collectives");
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
 }
@@ -127,6 +200,7 @@ void NcclCommunicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
     return ncclAllReduce(flat.data_ptr(), flat.data_ptr(), static_cast<size_t>(flat.numel()), type,
                          op == ReduceOp::Avg ? ncclAvg : ncclSum, comm, stream);
   });
+  if (!tensor.is_cuda()) wait_queued();  // the host reads the result
   if (!flat.is_same(tensor)) tensor.copy_(flat);
 }
 
@@ -140,6 +214,7 @@ void NcclCommunicator::broadcast(torch::Tensor& tensor, int root) {
     return ncclBroadcast(flat.data_ptr(), flat.data_ptr(), static_cast<size_t>(flat.numel()), type, root, comm,
                          stream);
   });
+  if (!tensor.is_cuda()) wait_queued();  // the host reads the result
   if (!flat.is_same(tensor)) tensor.copy_(flat);
 }
 
@@ -152,6 +227,7 @@ torch::Tensor NcclCommunicator::all_gather(const torch::Tensor& tensor) {
   run("all_gather (layout)", [&](ncclComm_t comm, cudaStream_t stream) {
     return ncclAllGather(meta.data_ptr(), metas.data_ptr(), 2, ncclInt64, comm, stream);
   });
+  wait_queued();
   const auto seen = metas.to(torch::kCPU);
   for (int r = 0; r < world_size_; ++r)
     if (!seen[r].equal(seen[rank_]))
@@ -165,12 +241,14 @@ torch::Tensor NcclCommunicator::all_gather(const torch::Tensor& tensor) {
   run("all_gather " + describe(tensor), [&](ncclComm_t comm, cudaStream_t stream) {
     return ncclAllGather(flat.data_ptr(), out.data_ptr(), static_cast<size_t>(flat.numel()), type, comm, stream);
   });
+  if (!tensor.is_cuda()) wait_queued();  // the host reads the result
   return out.to(tensor.device());
 }
 
 void NcclCommunicator::barrier() {
   auto token = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat).device(device_));
   all_reduce(token, ReduceOp::Sum);
+  synchronize();  // a barrier holds the host
 }
 
 size_t nccl_unique_id_bytes() { return sizeof(ncclUniqueId); }

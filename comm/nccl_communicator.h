@@ -20,9 +20,11 @@ size_t nccl_unique_id_bytes();
 class NcclCommunicator final : public Communicator {
  public:
   // Joins the clique of `world_size` ranks named by `unique_id` (see
-  // exchange_nccl_id) on `device` (a CUDA device). A collective that does
-  // not finish within `timeout_s` aborts the communicator (ncclCommAbort)
-  // and throws CommError naming the rank and the operation.
+  // exchange_nccl_id) on `device` (a CUDA device). Collectives of CUDA
+  // tensors are queued and return at once (stream-ordered; see the .cpp). A
+  // collective that does not finish within `timeout_s` aborts the
+  // communicator (ncclCommAbort) from the watchdog thread; every later call
+  // then throws CommError naming the rank and the operation.
   NcclCommunicator(int rank, int world_size, const std::string& unique_id, torch::Device device, double timeout_s);
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
@@ -36,20 +38,23 @@ class NcclCommunicator final : public Communicator {
   void broadcast(torch::Tensor& tensor, int root) override;
   torch::Tensor all_gather(const torch::Tensor& tensor) override;
   void barrier() override;
+  void synchronize() override;
 
  private:
   struct State;
   // Runs `issue` (which enqueues one NCCL call on the communication stream)
-  // after the work already queued on the compute stream, then waits for it
-  // under the deadline; the compute stream is made to wait for it too.
+  // after the work already queued on the compute stream, makes the compute
+  // stream wait for it and hands it to the watchdog; it does not wait.
   template <typename Issue>
   void run(const std::string& operation, Issue&& issue);
   torch::Tensor on_device(const torch::Tensor& tensor) const;
+  // Waits for the last collective queued (caller holds mutex_); throws
+  // CommError once the communicator was aborted.
+  void wait_queued();
 
   int rank_ = 0;
   int world_size_ = 1;
   torch::Device device_;
-  double timeout_s_;
   std::mutex mutex_;  // one collective at a time, in the same order on every rank
   std::unique_ptr<State> state_;
 };

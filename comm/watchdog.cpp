@@ -1,5 +1,7 @@
 #include "comm/watchdog.h"
 
+#include <iterator>
+
 namespace atelier::comm {
 
 Watchdog::Watchdog(double timeout_s, Expired on_expired)
@@ -25,6 +27,11 @@ Watchdog::Watch::~Watch() {
   dog_.running_.erase(id_);
 }
 
+void Watchdog::track(std::string operation, std::function<bool()> finished) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  running_.emplace(next_id_++, Entry{std::move(operation), Clock::now(), std::move(finished)});
+}
+
 void Watchdog::loop() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_) {
@@ -34,6 +41,8 @@ void Watchdog::loop() {
     wake_.wait_for(lock, period);
     if (stop_ || fired_) continue;
     const auto now = Clock::now();
+    for (auto it = running_.begin(); it != running_.end();)
+      it = it->second.finished && it->second.finished() ? running_.erase(it) : std::next(it);
     for (const auto& [id, entry] : running_) {
       const std::chrono::duration<double> waited = now - entry.started;
       if (waited < timeout_) continue;

@@ -1,5 +1,8 @@
 // Deadlines for collectives: a thread that notices an operation running past
-// its timeout and calls the expiry action (the MPI backend aborts the job).
+// its timeout and calls the expiry action (the MPI backend aborts the job,
+// the NCCL backend its communicator). An operation is watched for a scope
+// (a blocking MPI call) or tracked until it reports itself finished (a
+// collective queued on a GPU).
 // Private to comm/.
 #pragma once
 
@@ -39,11 +42,17 @@ class Watchdog {
   };
   [[nodiscard]] Watch watch(std::string operation) { return Watch(*this, std::move(operation)); }
 
+  // Watches `operation`, which runs on after the call returns (work queued
+  // on a GPU), until `finished()` returns true. The watchdog thread polls
+  // it; it must be quick and must not call back into the Watchdog.
+  void track(std::string operation, std::function<bool()> finished);
+
  private:
   using Clock = std::chrono::steady_clock;
   struct Entry {
     std::string operation;
     Clock::time_point started;
+    std::function<bool()> finished;  // tracked entries only
   };
   void loop();
 

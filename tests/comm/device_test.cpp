@@ -110,7 +110,9 @@ TEST(ChooseDevice, UnknownNamesAreRefusedListingTheForms) {
 
 TEST(ChooseDevice, ThisBuildReportsWhatItHas) {
   const auto facts = device_facts();
-  if (!facts.cuda_built) EXPECT_EQ(facts.cuda_devices, 0);
+  if (!facts.cuda_built) {
+    EXPECT_EQ(facts.cuda_devices, 0);
+  }
   const auto backends = compiled_backends();
   EXPECT_NE(std::find(backends.begin(), backends.end(), "mpi"), backends.end());
 }

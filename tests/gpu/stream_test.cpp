@@ -9,6 +9,7 @@
 #include <chrono>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "comm/comm.h"
 #include "data/data.h"
@@ -43,25 +44,22 @@ class StreamGate {
   StreamGate(const StreamGate&) = delete;
   StreamGate& operator=(const StreamGate&) = delete;
   void open() { open_ = true; }
-  // Whether the stream has reached the gate (its earlier work is done).
-  bool reached() const { return reached_; }
 
  private:
   static void CUDART_CB hold(void* self) {
     auto& gate = *static_cast<StreamGate*>(self);
-    gate.reached_ = true;
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
     while (!gate.open_ && std::chrono::steady_clock::now() < give_up)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   std::atomic<bool> open_{false};
-  std::atomic<bool> reached_{false};
 };
 #endif
 
-// A collective that never completes (its stream is held) is aborted after
-// dist.timeout_s, with an error naming the rank and the operation, and the
-// aborted communicator refuses further work instead of hanging.
+// A collective that never completes (its stream is held) is aborted by the
+// watchdog after dist.timeout_s; waiting for it throws an error naming the
+// rank and the operation, and the aborted communicator refuses further
+// work instead of hanging.
 TEST(GpuStreams, TheWatchdogAbortsACollectiveThatNeverCompletes) {
   REQUIRE_GPU();
   REQUIRE_NCCL();
@@ -74,7 +72,8 @@ TEST(GpuStreams, TheWatchdogAbortsACollectiveThatNeverCompletes) {
   {
     StreamGate gate;
     try {
-      communicator->all_reduce(values, comm::ReduceOp::Sum);
+      communicator->all_reduce(values, comm::ReduceOp::Sum);  // queued behind the gate
+      communicator->synchronize();
     } catch (const comm::CommError& e) {
       error = e.what();
     }
@@ -90,6 +89,51 @@ TEST(GpuStreams, TheWatchdogAbortsACollectiveThatNeverCompletes) {
   } catch (const comm::CommError& e) {
     EXPECT_NE(std::string(e.what()).find("aborted"), std::string::npos) << e.what();
   }
+#endif
+}
+
+// NCCL collectives on CUDA tensors are stream-ordered, as in PyTorch: with
+// the default stream held, the all-reduce and the reducer's finalize()
+// return (a host that waited would see the watchdog's error instead), and
+// once the stream runs the results are those of the same work done in order.
+TEST(GpuStreams, CollectivesAndFinalizeDoNotHoldTheHost) {
+  REQUIRE_GPU();
+  REQUIRE_NCCL();
+  REQUIRE_CUDA_RUNTIME();
+#ifdef ATELIER_TEST_CUDA_RUNTIME
+  const torch::Device cuda("cuda:0");
+  auto communicator = testing_support::nccl_at_world_size_one(/*timeout_s=*/60);
+  torch::manual_seed(5);
+  auto net = torch::nn::Sequential(torch::nn::Linear(64, 64), torch::nn::ReLU(), torch::nn::Linear(64, 8));
+  net->to(cuda);
+  std::vector<torch::Tensor> parameters = net->parameters();
+  comm::ReducerOptions reducer_options;
+  reducer_options.bucket_mb = 4096.0 / (1 << 20);  // several buckets
+  comm::GradientReducer reducer(communicator, parameters, reducer_options);
+  const auto x = torch::randn({16, 64}, cuda);
+  const auto backward = [&] {
+    for (auto& p : parameters) p.mutable_grad() = torch::Tensor();
+    reducer.prepare();
+    net->forward(x).square().mean().backward();
+    reducer.finalize();
+  };
+  backward();  // warm-up: kernels loaded, handles made, blocks cached
+  auto values = torch::arange(1000, torch::dtype(torch::kFloat).device(cuda));
+  communicator->all_reduce(values, comm::ReduceOp::Sum);
+  communicator->synchronize();
+  std::vector<torch::Tensor> expected;
+  for (const auto& p : parameters) expected.push_back(p.grad().clone());
+  {
+    StreamGate gate;
+    values.mul_(2);
+    communicator->all_reduce(values, comm::ReduceOp::Avg);
+    backward();
+    gate.open();
+    communicator->synchronize();
+  }
+  EXPECT_TRUE(torch::equal(values.cpu(), torch::arange(1000, torch::kFloat) * 2));
+  for (size_t i = 0; i < parameters.size(); ++i)
+    EXPECT_TRUE(torch::allclose(parameters[i].grad(), expected[i])) << "parameter " << i;
 #endif
 }
 
