@@ -8,7 +8,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <cstddef>
 #include <chrono>
 #include <thread>
 #include <utility>
@@ -16,6 +18,7 @@
 
 #include "data/protocol.h"
 #include "service_fixture.h"
+#include "tests/support/socket_io.h"
 
 namespace atelier::data_tests {
 
@@ -32,29 +35,16 @@ inline int connect_to(int port) {
 }
 
 inline void send_all(int fd, const std::vector<uint8_t>& bytes) {
-  size_t at = 0;
-  while (at < bytes.size()) {
-    const ssize_t sent = ::send(fd, bytes.data() + at, bytes.size() - at, MSG_NOSIGNAL);
-    ASSERT_GT(sent, 0);
-    at += static_cast<size_t>(sent);
-  }
+  ASSERT_TRUE(testing_support::send_all(fd, bytes.data(), bytes.size())) << "the server closed the connection";
 }
 
-// Reads exactly `size` bytes; false on end of stream.
-inline bool recv_all(int fd, uint8_t* out, size_t size) {
-  while (size > 0) {
-    const ssize_t got = ::recv(fd, out, size, 0);
-    if (got <= 0) return false;
-    out += got;
-    size -= static_cast<size_t>(got);
-  }
-  return true;
-}
+using testing_support::recv_all;
 
 inline std::vector<uint8_t> message(proto::Type type, const std::vector<uint8_t>& payload) {
   const auto header = proto::encode_header(type, static_cast<uint32_t>(payload.size()));
-  std::vector<uint8_t> out(header.begin(), header.end());
-  out.insert(out.end(), payload.begin(), payload.end());
+  std::vector<uint8_t> out(header.size() + payload.size());
+  std::copy(header.begin(), header.end(), out.begin());
+  std::copy(payload.begin(), payload.end(), out.begin() + static_cast<std::ptrdiff_t>(header.size()));
   return out;
 }
 

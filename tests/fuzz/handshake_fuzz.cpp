@@ -27,6 +27,7 @@
 
 #include "data/data.h"
 #include "data/protocol.h"
+#include "tests/support/socket_io.h"
 
 namespace fs = std::filesystem;
 namespace data = atelier::data;
@@ -69,25 +70,8 @@ data::LoaderServer& server() {
   std::abort();
 }
 
-bool send_all(int fd, const uint8_t* data, size_t size) {
-  while (size > 0) {
-    const ssize_t sent = ::send(fd, data, size, MSG_NOSIGNAL);
-    if (sent <= 0) return false;
-    data += sent;
-    size -= static_cast<size_t>(sent);
-  }
-  return true;
-}
-
-bool recv_all(int fd, uint8_t* out, size_t size) {
-  while (size > 0) {
-    const ssize_t got = ::recv(fd, out, size, 0);
-    if (got <= 0) return false;
-    out += got;
-    size -= static_cast<size_t>(got);
-  }
-  return true;
-}
+using atelier::testing_support::recv_all;
+using atelier::testing_support::send_all;
 
 // ServerHello, our proof, Welcome: false if the server did not play along.
 bool authenticate(int fd) {
