@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 
 #include "checkpoint/checkpoint.h"
 #include "launcher/commands.h"
@@ -49,6 +50,19 @@ void write_bytes(const fs::path& path, const std::vector<char>& bytes) {
   fs::rename(partial, path);
 }
 
+// The keyword arguments python/atelier_models.AdaINGenerator needs beyond
+// the weights: none for VGG-19; the taps (and a linear output) for SqueezeNet.
+std::string python_encoder_arguments(const models::GeneratorOptions& g) {
+  if (g.encoder.network == "vgg19") return "";
+  std::ostringstream out;
+  out << ", encoder='" << g.encoder.network << "', content_layer='" << g.encoder.content_layer
+      << "', style_layers=[";
+  for (size_t i = 0; i < g.encoder.style_layers.size(); ++i) out << (i ? ", " : "") << "'" << g.encoder.style_layers[i] << "'";
+  out << "]";
+  if (g.decoder.output == "linear") out << ", tanh=False";
+  return out.str();
+}
+
 int export_cyclegan(const ExportArgs& args, const fs::path& dir, const trainer::Config& config) {
   const auto direction = args.direction.empty() ? std::string("a2b") : args.direction;
   const auto generator = load_cyclegan_generator(dir, config, direction);
@@ -69,18 +83,15 @@ int run_export(const ExportArgs& args) {
   if (!args.direction.empty())
     throw ConfigError("--direction: only cyclegan checkpoints have directions; this one is model.family '" +
                       config.model.family + "'");
-  if (config.model.generator.encoder.network != "vgg19")
-    throw ConfigError("export: this checkpoint's AdaIN generator has a " + config.model.generator.encoder.network +
-                      " encoder; python/atelier_models.py rebuilds only VGG-19 ones");
   const auto generator = load_generator(dir, config);
   const auto state = state_dict(*generator);
   write_bytes(args.out, torch::pickle_save(c10::IValue(state)));
-  const auto width = config.model.generator.encoder.width;
   spdlog::info("exported {} tensors of {} to {}", state.size(), dir.string(), args.out);
-  std::cout << "Wrote " << args.out << " (AdaIN generator, width " << width << "). In Python:\n"
+  const auto& encoder = config.model.generator.encoder;
+  std::cout << "Wrote " << args.out << " (AdaIN generator, " << encoder.network << " encoder). In Python:\n"
             << "  import torch, atelier_models  # python/atelier_models.py\n"
-            << "  g = atelier_models.AdaINGenerator(width=" << width << ")\n"
-            << "  g.load_state_dict(torch.load('" << args.out << "'))\n";
+            << "  g = atelier_models.AdaINGenerator.from_state_dict(torch.load('" << args.out << "')"
+            << python_encoder_arguments(config.model.generator) << ")\n";
   return 0;
 }
 
@@ -95,8 +106,9 @@ void add_export_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--out", args->out, "Output file, e.g. g.pt")->required();
   cmd->add_option("--direction", args->direction,
                   "cyclegan: which generator, a2b (content domain to style domain, default) or b2a");
-  cmd->footer("Load it with python/atelier_models.py: AdaINGenerator(width=W).load_state_dict(torch.load(path)),\n"
-              "or for a cyclegan checkpoint ResnetGenerator.from_state_dict(torch.load(path)).");
+  cmd->footer("Load it with python/atelier_models.py: AdaINGenerator.from_state_dict(torch.load(path)) (a\n"
+              "SqueezeNet one also takes its layers; the command prints the call), or for a cyclegan\n"
+              "checkpoint ResnetGenerator.from_state_dict(torch.load(path)).");
   cmd->callback([args, &exit_code] { exit_code = run_export(*args); });
 }
 

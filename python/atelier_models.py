@@ -19,9 +19,15 @@ Images are float RGB in [-1, 1] (pixel / 127.5 - 1), NCHW, as everywhere in
 atelier. `stylize_mixed(content, [s1, s2], [0.5, 0.5], alpha)` interpolates
 styles the way `atelier stylize --style s1 --style s2 --weights 0.5,0.5` does.
 
+A run with model.encoder: squeezenet1_1 (the demo's) needs the encoder's
+layers: `AdaINGenerator.from_state_dict(state, encoder="squeezenet1_1",
+content_layer="fire2", style_layers=["relu1", "fire2", "fire3", "fire4"])`
+(`atelier export` prints the call for its checkpoint).
+
 Only torch is needed (no torchvision). The layer layout must follow
-models/vgg.cpp and models/generator.cpp; tests/launcher/export_test.cpp
-checks that a C++ output and this module's output agree.
+models/vgg.cpp, models/squeezenet.cpp and models/generator.cpp;
+tests/launcher/export_command_test.cpp checks that a C++ output and this
+module's output agree.
 """
 from collections import OrderedDict
 
@@ -114,18 +120,130 @@ class Decoder(nn.Module):
         return self.layers(features)
 
 
-class AdaINGenerator(nn.Module):
-    """G(content, style): VGG encoder -> AdaIN -> decoder, as atelier's C++ AdaINGenerator."""
+# ---------------------------------------------------------------------------
+# SqueezeNet 1.1 (model.encoder: squeezenet1_1), as models/squeezenet.cpp:
+# torchvision's squeezenet1_1().features, layers named by their index, cut
+# into slices that end at the taps (the content and style layers).
 
-    def __init__(self, width=64):
+# Fire modules: features index -> (in, squeeze, expand) channels.
+_FIRES = {3: (64, 16, 64), 4: (128, 16, 64), 6: (128, 32, 128), 7: (256, 32, 128),
+          9: (256, 48, 192), 10: (384, 48, 192), 11: (384, 64, 256), 12: (512, 64, 256)}
+# The layers that can be taps: name -> (features index, channels, downsampling).
+SQUEEZENET_LAYERS = {"relu1": (1, 64, 2), "fire1": (3, 128, 4), "fire2": (4, 128, 4), "fire3": (6, 256, 8),
+                     "fire4": (7, 256, 8), "fire5": (9, 384, 16), "fire6": (10, 384, 16), "fire7": (11, 512, 16),
+                     "fire8": (12, 512, 16)}
+
+
+class Fire(nn.Module):
+    """squeeze 1x1 -> ReLU -> concat(ReLU(expand 1x1), ReLU(expand 3x3)), torchvision's Fire."""
+
+    def __init__(self, cin, squeeze, expand):
         super().__init__()
-        self.encoder = VGGEncoder(width)
-        self.decoder = Decoder(width)
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.expand1x1 = nn.Conv2d(squeeze, expand, 1)
+        self.expand3x3 = nn.Conv2d(squeeze, expand, 3, padding=1)
+
+    def forward(self, x):
+        s = torch.relu(self.squeeze(x))
+        return torch.cat([torch.relu(self.expand1x1(s)), torch.relu(self.expand3x3(s))], 1)
+
+
+def _squeezenet_layer(index):
+    if index == 0:
+        return nn.Conv2d(3, 64, 3, stride=2)
+    if index == 1:
+        return nn.ReLU()
+    if index in (2, 5, 8):
+        return nn.MaxPool2d(3, stride=2, ceil_mode=True)
+    return Fire(*_FIRES[index])
+
+
+class SqueezeNetEncoder(nn.Module):
+    """Frozen SqueezeNet 1.1 up to its deepest tap; forward() runs to the content layer."""
+
+    def __init__(self, content_layer="fire2", style_layers=("relu1", "fire2", "fire3", "fire4")):
+        super().__init__()
+        for name in (content_layer, *style_layers):
+            if name not in SQUEEZENET_LAYERS:
+                raise ValueError(f"SqueezeNet 1.1 has no layer {name!r}; its layers: {', '.join(SQUEEZENET_LAYERS)}")
+        taps = sorted({SQUEEZENET_LAYERS[name][0] for name in (content_layer, *style_layers)})
+        start = 0
+        for number, end in enumerate(taps, 1):
+            layers = OrderedDict((str(i), _squeezenet_layer(i)) for i in range(start, end + 1))
+            setattr(self, f"slice{number}", nn.Sequential(layers))
+            start = end + 1
+        self.content_slices = taps.index(SQUEEZENET_LAYERS[content_layer][0]) + 1
+        self.register_buffer("imagenet_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("imagenet_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, images):
+        x = ((images + 1.0) * 0.5 - self.imagenet_mean) / self.imagenet_std
+        for number in range(1, self.content_slices + 1):
+            x = getattr(self, f"slice{number}")(x)
+        return x
+
+
+class UpsamplingDecoder(nn.Module):
+    """From `channels` at 1/2^upsamplings of the image: per upsampling a conv to 2^(left) * width channels, x2,
+    a conv; then a conv to RGB; tanh. Resized (bilinear) to the content's size, as SqueezeNet rounds sizes."""
+
+    def __init__(self, channels, upsamplings, width=64, tanh=True):
+        super().__init__()
+        layers = []
+
+        def conv(cin, cout, relu=True):
+            layers.extend([nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3)] + ([nn.ReLU()] if relu else []))
+
+        for i in range(upsamplings):
+            out = (1 << (upsamplings - 1 - i)) * width
+            conv(channels, out)
+            layers.append(nn.Upsample(scale_factor=2.0, mode="nearest"))
+            conv(out, out)
+            channels = out
+        conv(channels, 3, relu=False)
+        if tanh:
+            layers.append(nn.Tanh())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features, like):
+        image = self.layers(features)
+        if image.shape[-2:] != like.shape[-2:]:
+            image = nn.functional.interpolate(image, size=like.shape[-2:], mode="bilinear", align_corners=False)
+        return image
+
+
+class AdaINGenerator(nn.Module):
+    """G(content, style): encoder -> AdaIN -> decoder, as atelier's C++ AdaINGenerator.
+
+    encoder="vgg19" (width: the encoder's and decoder's), or "squeezenet1_1" with the run's
+    model.content_layer and model.style_layers (width: model.decoder_width; tanh=False for a run
+    with model.decoder_output: linear). `atelier export` prints the call that fits its checkpoint.
+    """
+
+    def __init__(self, width=64, encoder="vgg19", content_layer="fire2",
+                 style_layers=("relu1", "fire2", "fire3", "fire4"), tanh=True):
+        super().__init__()
+        if encoder == "vgg19":
+            self.encoder = VGGEncoder(width)
+            self.decoder = Decoder(width)
+        elif encoder == "squeezenet1_1":
+            self.encoder = SqueezeNetEncoder(content_layer, style_layers)
+            _, channels, downsampling = SQUEEZENET_LAYERS[content_layer]
+            self.decoder = UpsamplingDecoder(channels, downsampling.bit_length() - 1, width, tanh)
+        else:
+            raise ValueError(f"encoder must be vgg19 or squeezenet1_1, got {encoder!r}")
 
     @classmethod
-    def from_state_dict(cls, state):
-        """A generator of the width the weights have, with them loaded (strict)."""
-        model = cls(width=state["encoder.slice1.0.weight"].shape[0])
+    def from_state_dict(cls, state, **squeezenet):
+        """A generator of the width the weights have, with them loaded (strict). A SqueezeNet one needs
+        encoder="squeezenet1_1", content_layer=..., style_layers=... (as `atelier export` prints)."""
+        if squeezenet.get("encoder", "vgg19") == "vgg19":
+            model = cls(width=state["encoder.slice1.0.weight"].shape[0], **squeezenet)
+        else:
+            probe = cls(width=1, **squeezenet)
+            ups = sum(isinstance(layer, nn.Upsample) for layer in probe.decoder.layers)
+            first = state["decoder.layers.1.weight"].shape[0]
+            model = cls(width=first >> (ups - 1), **squeezenet)
         model.load_state_dict(state)
         return model
 
@@ -142,6 +260,8 @@ class AdaINGenerator(nn.Module):
                 style_features = style_features.expand(content_features.shape[0], -1, -1, -1)
             target = target + weight * adain(content_features, style_features)
         target = alpha * target + (1.0 - alpha) * content_features
+        if isinstance(self.decoder, UpsamplingDecoder):
+            return self.decoder(target, content)
         return self.decoder(target)
 
     def forward(self, content, style, alpha=1.0):

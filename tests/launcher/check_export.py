@@ -1,7 +1,7 @@
 """Loads an `atelier export` state dict into python/atelier_models.py (strict)
 and compares its outputs with the C++ generator's (tests/launcher/export_test.cpp).
 
-usage: /usr/bin/python3 check_export.py SOURCE_DIR g.pt cases.pt
+usage: /usr/bin/python3 check_export.py SOURCE_DIR g.pt cases.pt [ENCODER CONTENT_LAYER STYLE_LAYER,...]
 cases.pt (torch::pickle_save of a dict): content, style_a, style_b, alpha,
 expected (G(content, style_a, alpha)), expected_mixed (styles a, b at 0.3, 0.7).
 Exit 0 when every output agrees within 1e-4; prints the differences.
@@ -15,7 +15,10 @@ import atelier_models  # noqa: E402
 
 state = torch.load(sys.argv[2])
 cases = torch.load(sys.argv[3])
-model = atelier_models.AdaINGenerator.from_state_dict(state)  # load_state_dict is strict by default
+layers = {}
+if len(sys.argv) > 4:  # a SqueezeNet encoder: its taps
+    layers = dict(encoder=sys.argv[4], content_layer=sys.argv[5], style_layers=sys.argv[6].split(","))
+model = atelier_models.AdaINGenerator.from_state_dict(state, **layers)  # load_state_dict is strict by default
 model.eval()
 alpha = float(cases["alpha"])
 with torch.no_grad():
