@@ -10,6 +10,7 @@
 
 #include "launcher/launcher.h"
 #include "launcher/slurm_job.h"
+#include "models/models.h"
 
 namespace atelier::launcher {
 namespace {
@@ -116,7 +117,7 @@ std::vector<fs::path> profile_folders() {
     for (std::string dir; std::getline(list, dir, ':');)
       if (!dir.empty()) out.emplace_back(dir);
   }
-  out.push_back(fs::path(ATELIER_SOURCE_DIR) / "cluster" / "profiles");
+  out.push_back(fs::path(models::data_dir()) / "cluster" / "profiles");
   return out;
 }
 

@@ -131,8 +131,15 @@ TORCH_MODULE(Encoder);
 // set atelier ships (models/pretrained/squeezenet1_1/, Apache-2.0, see its
 // PROVENANCE.md): 26 convolutions as NumPy files plus SHA256SUMS.
 
-// The shipped weights' directory in the source tree atelier was built from.
+// The shipped weights' directory: $ATELIER_PRETRAINED_DIR/squeezenet1_1
+// when set, else data_dir()/models/pretrained/squeezenet1_1.
 std::string default_squeezenet_dir();
+
+// Where atelier's read-only data files (the shipped weights, the cluster
+// profiles) are, in the source tree's layout: <prefix>/share/atelier when
+// this binary runs as <prefix>/bin/atelier of an install (`cmake --install`,
+// any prefix), else the source tree it was built from.
+std::string data_dir();
 
 // squeeze 1x1 -> ReLU -> concat(ReLU(expand 1x1), ReLU(expand 3x3, padding 1)),
 // torchvision's Fire.

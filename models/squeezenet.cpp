@@ -113,7 +113,7 @@ const SqueezeNetLayer& squeezenet_layer(const std::string& name) {
 std::string default_squeezenet_dir() {
   if (const char* dir = std::getenv("ATELIER_PRETRAINED_DIR"); dir != nullptr && *dir != '\0')
     return (fs::path(dir) / "squeezenet1_1").string();
-  return ATELIER_PRETRAINED_DIR "/squeezenet1_1";
+  return (fs::path(data_dir()) / "models" / "pretrained" / "squeezenet1_1").string();
 }
 
 void load_squeezenet_weights(const std::string& weights_dir, const std::vector<torch::nn::Conv2d>& convs) {

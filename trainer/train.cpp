@@ -397,7 +397,7 @@ std::string build_info() {
   const std::string cuda = facts.cuda_built ? "with CUDA, " + std::to_string(facts.cuda_devices) + " GPU(s) visible"
                                             : "CPU only (this build has no CUDA)";
   return "atelier " + checkpoint::atelier_version() + "\nLibTorch " + TORCH_VERSION + ", " + cuda +
-         "\ncommunication backends: " + backends;
+         "\ncommunication backends: " + backends + "\ndata files: " + models::data_dir();
 }
 
 TrainResult train(const Config& config, const std::string& resolved_yaml, bool resume) {

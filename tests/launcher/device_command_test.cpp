@@ -116,14 +116,16 @@ TEST_F(Device, TheRunsLogStartsWithTheBuildAndTheDeviceChosen) {
   ASSERT_EQ(ran.status, 0) << ran.output;
   const auto log = read_file(tiny.root / "runs" / "auto" / "log.txt");
   std::istringstream lines(log);
-  std::string first, second, third, fourth;
+  std::string first, second, third, data_files, fourth;
   std::getline(lines, first);
   std::getline(lines, second);
   std::getline(lines, third);
+  std::getline(lines, data_files);
   std::getline(lines, fourth);
   EXPECT_NE(first.find("atelier " + checkpoint::atelier_version()), std::string::npos) << log;
   EXPECT_NE(second.find(std::string("LibTorch ") + TORCH_VERSION), std::string::npos) << log;
   EXPECT_NE(third.find("communication backends: mpi"), std::string::npos) << log;
+  EXPECT_NE(data_files.find("data files: "), std::string::npos) << log;
   const auto facts = comm::device_facts();
   if (!facts.cuda_built) {
     EXPECT_NE(fourth.find("device auto: cpu (this LibTorch build has no CUDA)"), std::string::npos) << log;
