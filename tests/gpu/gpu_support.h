@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <memory>
 #include <random>
+#include <utility>
+#include <vector>
 
 #include "comm/comm.h"
 
@@ -40,5 +42,22 @@ inline std::shared_ptr<comm::Communicator> nccl_at_world_size_one(double timeout
   options.timeout_s = timeout_s;
   return comm::make_communicator(env, options);
 }
+
+// A small two-layer net on `device` (seed 5) whose gradients a reducer over
+// `communicator` averages in several buckets.
+struct ReducedNet {
+  ReducedNet(std::shared_ptr<comm::Communicator> communicator, const torch::Device& device) {
+    torch::manual_seed(5);
+    net = torch::nn::Sequential(torch::nn::Linear(64, 64), torch::nn::ReLU(), torch::nn::Linear(64, 8));
+    net->to(device);
+    parameters = net->parameters();
+    comm::ReducerOptions options;
+    options.bucket_mb = 4096.0 / (1 << 20);  // several buckets
+    reducer = std::make_unique<comm::GradientReducer>(std::move(communicator), parameters, options);
+  }
+  torch::nn::Sequential net{nullptr};
+  std::vector<torch::Tensor> parameters;
+  std::unique_ptr<comm::GradientReducer> reducer;
+};
 
 }  // namespace atelier::testing_support

@@ -139,13 +139,10 @@ TEST(GpuNccl, CollectivesAndReducerBucketsAtWorldSizeOne) {
   communicator->broadcast(values, 0);
   EXPECT_TRUE(torch::equal(values, expected));
 
-  torch::manual_seed(5);
-  auto net = torch::nn::Sequential(torch::nn::Linear(64, 64), torch::nn::ReLU(), torch::nn::Linear(64, 8));
-  net->to(cuda);
-  std::vector<torch::Tensor> parameters = net->parameters();
-  comm::ReducerOptions reducer_options;
-  reducer_options.bucket_mb = 4096.0 / (1 << 20);  // several buckets
-  comm::GradientReducer reducer(communicator, parameters, reducer_options);
+  testing_support::ReducedNet reduced_net(communicator, cuda);
+  auto& net = reduced_net.net;
+  auto& parameters = reduced_net.parameters;
+  auto& reducer = *reduced_net.reducer;
   EXPECT_GT(reducer.bucket_count(), 1);
   const auto x = torch::randn({16, 64}, cuda);
   reducer.prepare();

@@ -103,13 +103,10 @@ TEST(GpuStreams, CollectivesAndFinalizeDoNotHoldTheHost) {
 #ifdef ATELIER_TEST_CUDA_RUNTIME
   const torch::Device cuda("cuda:0");
   auto communicator = testing_support::nccl_at_world_size_one(/*timeout_s=*/60);
-  torch::manual_seed(5);
-  auto net = torch::nn::Sequential(torch::nn::Linear(64, 64), torch::nn::ReLU(), torch::nn::Linear(64, 8));
-  net->to(cuda);
-  std::vector<torch::Tensor> parameters = net->parameters();
-  comm::ReducerOptions reducer_options;
-  reducer_options.bucket_mb = 4096.0 / (1 << 20);  // several buckets
-  comm::GradientReducer reducer(communicator, parameters, reducer_options);
+  testing_support::ReducedNet reduced_net(communicator, cuda);
+  auto& net = reduced_net.net;
+  auto& parameters = reduced_net.parameters;
+  auto& reducer = *reduced_net.reducer;
   const auto x = torch::randn({16, 64}, cuda);
   const auto backward = [&] {
     for (auto& p : parameters) p.mutable_grad() = torch::Tensor();
