@@ -31,7 +31,8 @@ namespace {
 #ifdef ATELIER_TEST_CUDA_RUNTIME
 // Holds the default stream of the current device until open() or the
 // destructor: whatever is queued behind it, or waits on it, waits. It
-// gives up after 120 s so that a failing test still ends.
+// gives up after 30 s so that a failing test still ends (and an
+// ncclCommAbort that waits for the held stream returns).
 class StreamGate {
  public:
   StreamGate() {
@@ -48,7 +49,7 @@ class StreamGate {
  private:
   static void CUDART_CB hold(void* self) {
     auto& gate = *static_cast<StreamGate*>(self);
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (!gate.open_ && std::chrono::steady_clock::now() < give_up)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
