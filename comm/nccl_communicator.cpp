@@ -70,13 +70,18 @@ struct NcclCommunicator::State {
   std::vector<cudaEvent_t> events;  // one per collective in flight, recycled
   std::vector<cudaEvent_t> spare;
 
-  // Aborts the communicator once, remembering why (watchdog thread or caller).
+  // Aborts the communicator once, remembering why (from the watchdog
+  // thread). The reason is set first and the abort runs outside the lock:
+  // ncclCommAbort may wait for queued work, and the rank's calls must fail
+  // at once, not wait for it.
   void fail(const std::string& why) {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (!failure.empty()) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!failure.empty()) return;
+      failure = why + "; the communicator was aborted";
+    }
+    spdlog::error("{}; aborting the communicator", why);
     ncclCommAbort(comm);
-    failure = why + "; the communicator was aborted";
-    spdlog::error("{}", failure);
   }
   std::string failed() {
     std::lock_guard<std::mutex> lock(mutex);
