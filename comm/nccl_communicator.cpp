@@ -63,6 +63,7 @@ struct NcclCommunicator::State {
   cudaStream_t stream = nullptr;  // the communication stream
   cudaEvent_t queued = nullptr;   // the compute stream's work so far
   cudaEvent_t last = nullptr;     // the last collective queued
+  int rank = 0;
   std::unique_ptr<Watchdog> watchdog;
 
   std::mutex mutex;                 // guards what follows (the watchdog thread fails and polls)
@@ -70,17 +71,18 @@ struct NcclCommunicator::State {
   std::vector<cudaEvent_t> events;  // one per collective in flight, recycled
   std::vector<cudaEvent_t> spare;
 
-  // Aborts the communicator once, remembering why (from the watchdog
-  // thread). The reason is set first and the abort runs outside the lock:
-  // ncclCommAbort may wait for queued work, and the rank's calls must fail
-  // at once, not wait for it.
-  void fail(const std::string& why) {
+  // Aborts the communicator once, remembering why `operation` failed (from
+  // the watchdog thread). The reason is set first and the abort runs outside
+  // the lock: ncclCommAbort may wait for queued work, and the rank's calls
+  // must fail at once, not wait for it.
+  void fail(const std::string& operation, const std::string& why) {
+    const auto what = "rank " + std::to_string(rank) + ": NCCL collective " + operation + " " + why;
     {
       std::lock_guard<std::mutex> lock(mutex);
       if (!failure.empty()) return;
-      failure = why + "; the communicator was aborted";
+      failure = what + "; the communicator was aborted";
     }
-    spdlog::error("{}; aborting the communicator", why);
+    spdlog::error("{}; aborting the communicator", what);
     ncclCommAbort(comm);
   }
   std::string failed() {
@@ -119,11 +121,11 @@ NcclCommunicator::NcclCommunicator(int rank, int world_size, const std::string& 
   cuda_check(cudaEventCreateWithFlags(&state_->queued, cudaEventDisableTiming), "cudaEventCreate");
   cuda_check(cudaEventCreateWithFlags(&state_->last, cudaEventDisableTiming), "cudaEventCreate");
   nccl_check(ncclCommInitRank(&state_->comm, world_size, id, rank), "ncclCommInitRank");
+  state_->rank = rank;
   State* state = state_.get();
-  state_->watchdog = std::make_unique<Watchdog>(timeout_s, [state, rank, timeout_s](const std::string& operation,
-                                                                                   double) {
-    state->fail("rank " + std::to_string(rank) + ": NCCL collective " + operation + " did not finish within " +
-                fmt::format("dist.timeout_s ({:g} s): a peer rank died or hangs", timeout_s));
+  state_->watchdog = std::make_unique<Watchdog>(timeout_s, [state, timeout_s](const std::string& operation, double) {
+    state->fail(operation, fmt::format("did not finish within dist.timeout_s ({:g} s): a peer rank died or hangs",
+                                       timeout_s));
   });
 }
 
@@ -154,19 +156,18 @@ void NcclCommunicator::run(const std::string& operation, Issue&& issue) {
   cuda_check(cudaEventRecord(state_->last, state_->stream), "cudaEventRecord");
   cuda_check(cudaStreamWaitEvent(nullptr, done, 0), "cudaStreamWaitEvent");
   State* state = state_.get();
-  const std::string prefix = "rank " + std::to_string(rank_) + ": NCCL collective " + operation;
   // Polled on the watchdog thread, which alone fails the communicator
   // after construction, so an aborted (freed) communicator is never asked.
-  state_->watchdog->track(operation, [state, done, prefix] {
+  state_->watchdog->track(operation, [state, done, operation] {
     if (!state->failed().empty()) return true;
     const auto status = cudaEventQuery(done);
     if (status == cudaErrorNotReady) {
       ncclResult_t async = ncclSuccess;
       const auto asked = ncclCommGetAsyncError(state->comm, &async);
       if (asked == ncclSuccess && async == ncclSuccess) return false;
-      state->fail(prefix + " failed: " + ncclGetErrorString(asked != ncclSuccess ? asked : async));
+      state->fail(operation, std::string("failed: ") + ncclGetErrorString(asked != ncclSuccess ? asked : async));
     } else if (status != cudaSuccess) {
-      state->fail(prefix + " failed on the GPU: " + cudaGetErrorString(status));
+      state->fail(operation, std::string("failed on the GPU: ") + cudaGetErrorString(status));
     }
     state->give_back(done);
     return true;

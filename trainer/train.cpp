@@ -76,8 +76,9 @@ data::LoaderOptions loader_options(const Config& config, const comm::Communicato
   return o;
 }
 
-// A GPU run's batches come in pinned memory and go over with non-blocking
-// copies, queued on the stream ahead of the step's kernels.
+// A GPU run's batches come in pinned memory, so that their copies to the
+// device (DeviceBatches' copy stream, or the step's non-blocking copy in a
+// build without the CUDA runtime) do not block.
 data::LoaderOptions pinned_for(data::LoaderOptions o, const torch::Device& device) {
   o.pin_memory = device.is_cuda();
   return o;
